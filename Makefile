@@ -1,0 +1,41 @@
+# Every target runs inside .venv, built from pyproject.toml on first use.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+ARGS ?=
+# Folder of the original MNIST files for offline runs, e.g. MANUAL_DIR=../shared/data/mnist;
+# empty = the normal TFDS download.
+MANUAL_DIR ?=
+OFFLINE := $(if $(MANUAL_DIR),--set ingest.manual_dir=$(MANUAL_DIR))
+
+.PHONY: help install pipeline component test models bench-models clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed ## build .venv with the pinned dependencies
+
+pipeline: install ## run all five components: make pipeline [MANUAL_DIR=dir] [ARGS='--set k=v ...']
+	$(PY) -m pipeline run $(OFFLINE) $(ARGS)
+
+component: install ## run one component on the latest upstream artifacts: make component C=train [ARGS=...]
+	@test -n "$(C)" || { echo "error: name the component, e.g. make component C=train" >&2; exit 2; }
+	$(PY) -m pipeline run $(C) $(OFFLINE) $(ARGS)
+
+models: install ## list the served model versions
+	$(PY) -m pipeline models
+
+test: install ## run the test suite (needs ../shared/data/mnist, or MNIST_MIRROR=dir)
+	$(PY) -m pytest
+
+clean: ## remove run output (artifacts/) but keep the environment
+	rm -rf artifacts/runs artifacts/serving
+
+bench-models: install ## train every preset on full MNIST; table + artifacts/benchmarks/models/models.json
+	$(PY) -m benchmarks.models $(OFFLINE) $(ARGS)

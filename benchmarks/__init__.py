@@ -1,0 +1,1 @@
+"""Benchmarks: measured speed and accuracy, printed as a table and written as JSON."""

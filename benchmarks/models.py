@@ -1,0 +1,73 @@
+"""Train every preset on full MNIST through the real pipeline; print a table, write JSON.
+
+    python -m benchmarks.models [--presets best seed-000 ...] [--set KEY=VALUE ...]
+
+Ingest and preprocess run once; then train and evaluate run once per preset, each
+as its own pipeline run, so every number comes from the artifacts a user would get.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+from datetime import datetime, timezone
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+COLUMNS = ("preset", "epochs_run", "stop_reason", "train_seconds", "test_accuracy", "test_loss")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from components.models import PRESETS
+    from pipeline.config import load_config
+    from pipeline.runner import run
+
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.models", description=__doc__.splitlines()[0])
+    parser.add_argument("--artifacts", type=Path, default=Path("artifacts/benchmarks/models"))
+    parser.add_argument("--presets", nargs="+", default=list(PRESETS), choices=list(PRESETS))
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("apache_beam", "absl", "tensorflow"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+    # Its own artifacts root has no served model, so evaluate compares against none.
+    run(load_config(args.overrides), args.artifacts, ["ingest", "preprocess"])
+    rows = []
+    for preset in args.presets:
+        run_dir = run(load_config([*args.overrides, f"train.preset={preset}"]), args.artifacts, ["train", "evaluate"])
+        training = json.loads((run_dir / "train" / "training.json").read_text())
+        metrics = json.loads((run_dir / "evaluate" / "metrics.json").read_text())
+        rows.append({
+            "preset": preset, "epochs_run": training["epochs_run"], "stop_reason": training["stop_reason"],
+            "train_seconds": training["train_seconds"], "test_accuracy": metrics["accuracy"],
+            "test_loss": round(metrics["loss"], 4), "run": run_dir.name,
+        })
+        print_table(rows)
+
+    out = args.artifacts / "models.json"
+    out.write_text(json.dumps({
+        "benchmark": "models", "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine()},
+        "overrides": args.overrides, "rows": rows,
+    }, indent=2))
+    print(f"\nwritten: {out}")
+    return 0
+
+
+def print_table(rows: list[dict]) -> None:
+    widths = {c: max(len(c), *(len(_cell(r[c])) for r in rows)) for c in COLUMNS}
+    print("\n" + "  ".join(c.ljust(widths[c]) for c in COLUMNS))
+    for row in rows:
+        print("  ".join(_cell(row[c]).ljust(widths[c]) for c in COLUMNS))
+
+
+def _cell(value) -> str:
+    return f"{value:.4f}" if isinstance(value, float) and value < 1 else str(value)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,3 @@
+"""Pipeline steps, one module each (ingest, preprocess, train, evaluate, export),
+and the pieces they share: `transform` (the one scaling), `models` (presets),
+`serving` (the TF Serving directory layout), `digits` (user images to MNIST form)."""

@@ -1,0 +1,135 @@
+"""Evaluate: the trained model on the raw test split, and whether it deserves to ship.
+
+Output (`evaluation/`): `metrics.json` (loss, accuracy, per-class recall),
+`classification_report.txt` and `.json` (scikit-learn), `confusion_matrix.json`
+(counts; rows are true labels) and `confusion_matrix.png` (seaborn heatmap), and
+`blessing.json`: blessed or not, with every reason, after comparing with the
+currently served model (the baseline) on the same images.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import classification_report, confusion_matrix, log_loss
+
+from components.ingest import read_examples
+from components.transform import NUM_CLASSES, scale_pixels
+
+CLASSES = list(range(NUM_CLASSES))
+
+
+def compute_metrics(labels: np.ndarray, probabilities: np.ndarray) -> dict:
+    """Loss, accuracy, per-class recall and the confusion matrix of one set of predictions."""
+    predicted = probabilities.argmax(axis=1)
+    matrix = confusion_matrix(labels, predicted, labels=CLASSES)
+    support = matrix.sum(axis=1)
+    recall = np.divide(np.diag(matrix), support, out=np.zeros(NUM_CLASSES), where=support > 0)
+    return {
+        "examples": int(len(labels)),
+        "accuracy": float((predicted == labels).mean()),
+        "loss": float(log_loss(labels, np.clip(probabilities, 1e-7, 1.0), labels=CLASSES)),
+        "recall": {str(c): float(r) for c, r in enumerate(recall)},
+        "confusion_matrix": matrix.tolist(),
+    }
+
+
+def judge(candidate: dict, baseline: dict | None, *, min_accuracy: float, accuracy_tolerance: float,
+          max_recall_drop: float) -> list[str]:
+    """Every reason the candidate must not replace the baseline; empty means blessed."""
+    reasons = []
+    if candidate["accuracy"] < min_accuracy:
+        reasons.append(
+            f"accuracy {candidate['accuracy']:.4f} is below the minimum {min_accuracy} (evaluate.min_accuracy)"
+        )
+    if baseline is None:
+        return reasons
+    if candidate["accuracy"] < baseline["accuracy"] - accuracy_tolerance:
+        reasons.append(
+            f"accuracy {candidate['accuracy']:.4f} trails the served model's {baseline['accuracy']:.4f} "
+            f"by more than {accuracy_tolerance} (evaluate.accuracy_tolerance)"
+        )
+    for digit in map(str, CLASSES):
+        drop = baseline["recall"][digit] - candidate["recall"][digit]
+        if drop > max_recall_drop:
+            reasons.append(
+                f"recall of digit {digit} fell by {drop:.4f} to {candidate['recall'][digit]:.4f}, "
+                f"more than {max_recall_drop} (evaluate.max_recall_drop)"
+            )
+    return reasons
+
+
+def predict_saved_model(saved_model: Path, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
+    """Class probabilities from a served SavedModel fed raw uint8 images, as a client would."""
+    import tensorflow as tf
+
+    serve = tf.saved_model.load(str(saved_model)).signatures["serving_default"]
+    return np.concatenate(
+        [serve(images=tf.constant(images[i : i + batch_size]))["probabilities"].numpy()
+         for i in range(0, len(images), batch_size)]
+    )
+
+
+def evaluate(
+    model: Path,
+    examples: Path,
+    evaluation: Path,
+    *,
+    baseline: Path | None = None,
+    min_accuracy: float = 0.97,
+    accuracy_tolerance: float = 0.001,
+    max_recall_drop: float = 0.01,
+) -> dict:
+    """Evaluate `model/model.keras` on the test split of `examples`; return blessing.json."""
+    import keras
+
+    images, labels = read_examples(examples, "test")
+    net = keras.models.load_model(Path(model) / "model.keras")
+    probabilities = net.predict(scale_pixels(images), batch_size=1000, verbose=0)
+    candidate = compute_metrics(labels, probabilities)
+    served = compute_metrics(labels, predict_saved_model(baseline, images)) if baseline else None
+
+    out = Path(evaluation)
+    out.mkdir(parents=True, exist_ok=True)
+    write_reports(out, labels, probabilities.argmax(axis=1), candidate)
+    reasons = judge(candidate, served, min_accuracy=min_accuracy, accuracy_tolerance=accuracy_tolerance,
+                    max_recall_drop=max_recall_drop)
+    blessing = {
+        "blessed": not reasons,
+        "reasons": reasons,
+        "candidate": {"model": str(model), "accuracy": candidate["accuracy"], "loss": candidate["loss"]},
+        "baseline": {"model": str(baseline), "accuracy": served["accuracy"], "loss": served["loss"]} if served else None,
+        "thresholds": {"min_accuracy": min_accuracy, "accuracy_tolerance": accuracy_tolerance,
+                       "max_recall_drop": max_recall_drop},
+    }
+    (out / "blessing.json").write_text(json.dumps(blessing, indent=2))
+    return blessing
+
+
+def write_reports(out: Path, labels: np.ndarray, predicted: np.ndarray, metrics: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display on a nightly box
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    names = [str(c) for c in CLASSES]
+    report = dict(y_true=labels, y_pred=predicted, labels=CLASSES, target_names=names, digits=4, zero_division=0)
+    (out / "classification_report.txt").write_text(classification_report(**report))
+    (out / "classification_report.json").write_text(json.dumps(classification_report(**report, output_dict=True), indent=2))
+    (out / "confusion_matrix.json").write_text(
+        json.dumps({"labels": names, "rows": "true label", "columns": "predicted label",
+                    "counts": metrics["confusion_matrix"]}, indent=2)
+    )
+    (out / "metrics.json").write_text(
+        json.dumps({k: v for k, v in metrics.items() if k != "confusion_matrix"}, indent=2)
+    )
+    fig, ax = plt.subplots(figsize=(8, 7))
+    sns.heatmap(np.array(metrics["confusion_matrix"]), annot=True, fmt="d", cmap="Blues", cbar=False,
+                xticklabels=names, yticklabels=names, ax=ax)
+    ax.set(xlabel="predicted digit", ylabel="true digit",
+           title=f"Confusion matrix: {metrics['examples']} test images, accuracy {metrics['accuracy']:.4f}")
+    fig.tight_layout()
+    fig.savefig(out / "confusion_matrix.png", dpi=100)
+    plt.close(fig)

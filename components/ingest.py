@@ -1,0 +1,124 @@
+"""Ingest: MNIST through TensorFlow Datasets into raw tf.train.Example TFRecords.
+
+Output (`examples/`): `train-*.tfrecord` and `test-*.tfrecord`, each record holding
+`image` (784 raw uint8 bytes, row-major 28x28) and `label` (int64), plus `ingest.json`
+recording what was loaded.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+SPLITS = ("train", "test")
+EXAMPLES_PER_SHARD = 50_000  # shards keep a later distributed Beam read parallel
+
+
+class MirrorError(FileNotFoundError):
+    """The configured folder of original files cannot stand in for the download."""
+
+
+def ingest(
+    examples: Path,
+    *,
+    dataset: str = "mnist",
+    train_split: str = "train",
+    test_split: str = "test",
+    manual_dir: str | Path | None = None,
+    data_dir: str | Path | None = None,
+) -> dict:
+    """Load the two splits through TFDS and write them to `examples`; return ingest.json."""
+    builder = tfds.builder(dataset, data_dir=str(data_dir) if data_dir else None)
+    download_config = None
+    if manual_dir:
+        _check_mirror(builder, Path(manual_dir))
+        download_config = tfds.download.DownloadConfig(manual_dir=str(manual_dir))
+    builder.download_and_prepare(download_config=download_config)
+
+    examples = Path(examples)
+    examples.mkdir(parents=True, exist_ok=True)
+    splits = {}
+    for name, tfds_split in zip(SPLITS, (train_split, test_split)):
+        try:
+            dataset_split = builder.as_dataset(split=tfds_split, as_supervised=True)
+        except (ValueError, KeyError, AssertionError) as err:
+            raise ValueError(
+                f"bad TFDS split {tfds_split!r} for ingest.{name}_split ({err}); use e.g. 'train' or 'train[:2000]'"
+            ) from None
+        splits[name] = {"tfds_split": tfds_split, "count": _write_split(dataset_split, examples, name)}
+        if splits[name]["count"] == 0:
+            raise ValueError(f"TFDS split {tfds_split!r} for ingest.{name}_split is empty; widen the slice")
+
+    record = {
+        "dataset": builder.info.name,
+        "version": str(builder.info.version),
+        "source": f"manual_dir {Path(manual_dir).resolve()}" if manual_dir else "TFDS download",
+        "tfds_data_dir": str(builder.data_dir),
+        "splits": splits,
+        "features": {"image": "784 raw uint8 bytes, 28x28 row-major", "label": "int64 0-9"},
+    }
+    (examples / "ingest.json").write_text(json.dumps(record, indent=2))
+    return record
+
+
+def _check_mirror(builder: tfds.core.DatasetBuilder, manual_dir: Path) -> None:
+    # TFDS falls back to the network for any file it does not find in manual_dir;
+    # offline that hangs, so name the missing file before it gets the chance.
+    if not manual_dir.is_dir():
+        raise MirrorError(f"ingest.manual_dir {manual_dir} is not a folder; point it at the original MNIST files")
+    for info in builder.url_infos.values():
+        path = manual_dir / info.filename
+        if not path.is_file():
+            raise MirrorError(
+                f"mirror file missing: {path}; copy {info.filename} there or unset ingest.manual_dir to download"
+            )
+        if path.stat().st_size != int(info.size):
+            raise MirrorError(
+                f"mirror file {path} has {path.stat().st_size} bytes, TFDS expects {int(info.size)}; replace it with the original"
+            )
+
+
+def serialize_example(image, label) -> bytes:
+    feature = {
+        "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[bytes(image)])),
+        "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)])),
+    }
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+def parse_example(record: bytes):
+    """The inverse of `serialize_example`: (784 uint8 pixels, label)."""
+    import numpy as np
+
+    features = tf.train.Example.FromString(record).features.feature
+    return np.frombuffer(features["image"].bytes_list.value[0], dtype=np.uint8), int(features["label"].int64_list.value[0])
+
+
+def _write_split(dataset: tf.data.Dataset, folder: Path, name: str) -> int:
+    n = int(dataset.cardinality())
+    num_shards = max(1, math.ceil(n / EXAMPLES_PER_SHARD))
+    writers = [
+        tf.io.TFRecordWriter(str(folder / f"{name}-{i:05d}-of-{num_shards:05d}.tfrecord")) for i in range(num_shards)
+    ]
+    count = 0
+    for images, labels in tfds.as_numpy(dataset.batch(4096)):
+        for image, label in zip(images.astype("uint8"), labels):
+            writers[count % num_shards].write(serialize_example(image.tobytes(), label))
+            count += 1
+    for writer in writers:
+        writer.close()
+    return count
+
+
+def read_examples(examples: Path, split: str):
+    """One split of an ingest output as (uint8 images (N, 28, 28), int64 labels (N,))."""
+    import numpy as np
+
+    files = sorted(str(p) for p in Path(examples).glob(f"{split}-*.tfrecord"))
+    if not files:
+        raise FileNotFoundError(f"no {split} examples in {examples}; run ingest first")
+    images, labels = zip(*map(parse_example, tf.data.TFRecordDataset(files).as_numpy_iterator()))
+    return np.stack(images).reshape(-1, 28, 28), np.array(labels, dtype=np.int64)

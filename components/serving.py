@@ -1,0 +1,99 @@
+"""The TensorFlow Serving directory layout: `<serving root>/<model name>/<integer version>/`.
+
+TF Serving serves the highest integer version and ignores other names, so a version
+is staged under a dot-name and renamed into place: a reader sees a whole version or
+none, and a crash mid-copy leaves the previous version serving. Rollback is a roll
+forward: the chosen earlier version is published again as the newest, in one rename.
+Each version carries what `models` lists in `assets.extra/push.json`, the place a
+SavedModel keeps files the graph does not use.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+PUSH_RECORD = Path("assets.extra") / "push.json"
+
+
+class ServingError(ValueError):
+    """A serving-directory request that cannot be met; the message says what to do."""
+
+
+def versions(model_base: Path) -> list[int]:
+    """Published versions, oldest first."""
+    base = Path(model_base)
+    if not base.is_dir():
+        return []
+    return sorted(int(p.name) for p in base.iterdir() if p.name.isdigit() and p.is_dir())
+
+
+def current_version(model_base: Path) -> int | None:
+    published = versions(model_base)
+    return published[-1] if published else None
+
+
+def read_push_record(model_base: Path, version: int) -> dict:
+    path = Path(model_base) / str(version) / PUSH_RECORD
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def push(saved_model: Path, model_base: Path, record: dict, copy=shutil.copytree) -> int:
+    """Publish a copy of `saved_model` as the next version; return its number.
+
+    `copy` is the copying function, replaceable so tests can interrupt a push mid-copy.
+    """
+    base = Path(model_base)
+    base.mkdir(parents=True, exist_ok=True)
+    replaces = current_version(base)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=base))
+    try:
+        copy(saved_model, staging / "model")
+        (staging / "model" / PUSH_RECORD).parent.mkdir(parents=True, exist_ok=True)
+        while True:  # another pusher may take a number first: take the next one
+            version = (current_version(base) or 0) + 1
+            full_record = {
+                **record,
+                "version": version,
+                "replaces": replaces,
+                "pushed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            }
+            (staging / "model" / PUSH_RECORD).write_text(json.dumps(full_record, indent=2))
+            try:
+                os.rename(staging / "model", base / str(version))
+                return version
+            except OSError:
+                if not (base / str(version)).exists():
+                    raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def rollback(model_base: Path, version: int | None = None) -> int:
+    """Serve `version` again (default: the one the current version replaced); return the new number."""
+    base = Path(model_base)
+    current = current_version(base)
+    if current is None:
+        raise ServingError(f"no served versions under {base}; run the pipeline to push one first")
+    if version is None:
+        version = read_push_record(base, current).get("replaces")
+        if version is None:
+            raise ServingError(f"version {current} replaced nothing; name the version to roll back to")
+    if version not in versions(base):
+        raise ServingError(f"no version {version} under {base}; choose one of {versions(base)}")
+    if version == current:
+        raise ServingError(f"version {version} is already the one served")
+    previous = read_push_record(base, version)
+    record = {k: previous[k] for k in ("run", "test_accuracy", "model_name") if k in previous}
+    return push(base / str(version), base, {**record, "rollback_of": version})
+
+
+def listing(model_base: Path) -> list[dict]:
+    """One row per published version, oldest first, the served one marked current."""
+    current = current_version(model_base)
+    return [
+        {**read_push_record(model_base, v), "version": v, "current": v == current} for v in versions(model_base)
+    ]

@@ -1,0 +1,1 @@
+"""Orchestration: configuration, artifact store, runner and command line."""

@@ -1,0 +1,111 @@
+"""The one pipeline configuration: defaults from `defaults.yaml`, `--set` overrides, validation."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+DEFAULTS = Path(__file__).with_name("defaults.yaml")
+
+
+class ConfigError(ValueError):
+    """A configuration value is wrong; the message names the key and the fix."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Ingest(_Section):
+    dataset: Literal["mnist"]
+    manual_dir: str
+    data_dir: str
+    train_split: str = Field(min_length=1)
+    test_split: str = Field(min_length=1)
+
+
+class Preprocess(_Section):
+    validation_fraction: float = Field(gt=0.0, lt=1.0)
+    runner: str = Field(min_length=1)
+    pipeline_options: list[str]
+    num_shards: int = Field(ge=1, le=256)
+
+
+class Train(_Section):
+    preset: str
+    epochs: Optional[int] = Field(default=None, ge=1)
+    batch_size: Optional[int] = Field(default=None, ge=1)
+    optimizer: Optional[Literal["adam", "rmsprop", "sgd"]] = None
+    learning_rate: Optional[float] = Field(default=None, gt=0.0)
+    stop: Optional[Literal["threshold", "early_stopping", "none"]] = None
+    monitor: Optional[str] = None
+    threshold: Optional[float] = None
+    patience: Optional[int] = Field(default=None, ge=0)
+
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, name: str) -> str:
+        from components.models import PRESETS  # keras import only when validating
+
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+        return name
+
+
+class Evaluate(_Section):
+    min_accuracy: float = Field(ge=0.0, le=1.0)
+    accuracy_tolerance: float = Field(ge=0.0, le=1.0)
+    max_recall_drop: float = Field(ge=0.0, le=1.0)
+
+
+class Export(_Section):
+    serving_root: str
+    model_name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    verify_examples: int = Field(ge=1)
+
+
+class Config(_Section):
+    seed: int
+    ingest: Ingest
+    preprocess: Preprocess
+    train: Train
+    evaluate: Evaluate
+    export: Export
+
+
+def _apply_override(tree: dict, assignment: str) -> None:
+    key, sep, raw = assignment.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"--set {assignment!r} is not KEY=VALUE; write e.g. --set train.epochs=3")
+    *parents, leaf = key.split(".")
+    node = tree
+    for i, part in enumerate(parents):
+        node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict):
+            raise ConfigError(f"unknown configuration key {key!r}: {'.'.join(parents[: i + 1])} is not a section")
+    if leaf not in node:
+        choices = ", ".join(sorted(node))
+        raise ConfigError(f"unknown configuration key {key!r}; keys here are: {choices}")
+    try:
+        node[leaf] = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        node[leaf] = raw  # not YAML: keep the literal string (e.g. a split like train[:10%)
+
+
+def load_config(overrides: list[str] = (), defaults: Path = DEFAULTS) -> Config:
+    """Defaults, then each `KEY=VALUE` override in order, validated as a whole."""
+    tree = yaml.safe_load(defaults.read_text())
+    for assignment in overrides:
+        _apply_override(tree, assignment)
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as err:
+        first = err.errors()[0]
+        key = ".".join(str(p) for p in first["loc"])
+        value = first.get("input")
+        raise ConfigError(
+            f"invalid configuration {key}={value!r}: {first['msg']}; fix it in {defaults.name} or with --set {key}=..."
+        ) from None
+

@@ -1,0 +1,59 @@
+"""Shared fixtures: real MNIST from the offline mirror, sliced small so the suite stays fast."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+REPO = Path(__file__).resolve().parents[1]
+MIRROR = Path(os.environ.get("MNIST_MIRROR", REPO.parent / "shared" / "data" / "mnist"))
+TRAIN_SLICE, TEST_SLICE = "train[:2000]", "test[:500]"
+
+
+def small_overrides(tfds_dir: Path, **extra) -> list[str]:
+    """`--set` overrides for a quick, offline run on a slice of MNIST."""
+    settings = {
+        "ingest.manual_dir": str(MIRROR),
+        "ingest.data_dir": str(tfds_dir),
+        "ingest.train_split": TRAIN_SLICE,
+        "ingest.test_split": TEST_SLICE,
+        "train.preset": "seed-000",
+        "train.epochs": 2,
+        "evaluate.min_accuracy": 0.5,
+        "export.verify_examples": 64,
+        **extra,
+    }
+    return [f"{k}={v}" for k, v in settings.items()]
+
+
+@pytest.fixture(scope="session")
+def mirror() -> Path:
+    if not (MIRROR / "train-images-idx3-ubyte.gz").is_file():
+        pytest.fail(f"MNIST mirror not found at {MIRROR}; set MNIST_MIRROR to the folder of the original files")
+    return MIRROR
+
+
+@pytest.fixture(scope="session")
+def tfds_dir(tmp_path_factory, mirror) -> Path:
+    """A TFDS data dir with MNIST prepared once from the mirror, shared by every test."""
+    import tensorflow_datasets as tfds
+
+    path = tmp_path_factory.mktemp("tfds")
+    tfds.builder("mnist", data_dir=str(path)).download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=str(mirror))
+    )
+    return path
+
+
+@pytest.fixture(scope="session")
+def full_run(tmp_path_factory, tfds_dir):
+    """One whole pipeline run on a slice: (artifacts root, run directory, config)."""
+    from pipeline.config import load_config
+    from pipeline.runner import run
+
+    root = tmp_path_factory.mktemp("artifacts")
+    cfg = load_config(small_overrides(tfds_dir))
+    return root, run(cfg, root), cfg

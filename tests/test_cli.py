@@ -1,0 +1,48 @@
+"""The command line as an operator meets it: exit status and one-line errors."""
+import subprocess
+import sys
+
+from conftest import REPO, small_overrides
+
+
+def pipeline(*args, artifacts):
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", "--artifacts", str(artifacts), *args],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+
+
+def error_line(result):
+    lines = [l for l in result.stderr.splitlines() if l.startswith("error:")]
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def test_bad_configuration_value_exits_nonzero_with_one_line(tmp_path):
+    result = pipeline("run", "--set", "train.epochs=-1", artifacts=tmp_path)
+    assert result.returncode != 0
+    assert "train.epochs=-1" in error_line(result)
+    assert not (tmp_path / "runs").exists()  # nothing started
+
+
+def test_component_without_upstream_names_what_to_run_first(tmp_path):
+    result = pipeline("run", "train", artifacts=tmp_path)
+    assert result.returncode != 0
+    line = error_line(result)
+    assert "preprocess" in line and "python -m pipeline run ingest" in line
+
+
+def test_missing_mirror_file_is_named(tmp_path, mirror, tfds_dir):
+    partial = tmp_path / "mirror"
+    partial.mkdir()
+    for f in mirror.glob("*.gz"):
+        if not f.name.startswith("t10k-labels"):
+            (partial / f.name).symlink_to(f)
+    fresh_tfds = tmp_path / "tfds"  # unprepared: TFDS must look for the files
+    overrides = small_overrides(fresh_tfds, **{"ingest.manual_dir": partial})
+    result = pipeline("run", "ingest", *[a for o in overrides for a in ("--set", o)], artifacts=tmp_path / "a")
+    assert result.returncode != 0
+    line = error_line(result)
+    assert "t10k-labels-idx1-ubyte.gz" in line and "missing" in line
+    run_dirs = list((tmp_path / "a" / "runs").iterdir())
+    assert [p.name for p in run_dirs[0].iterdir() if not p.name.startswith("run.")] == []  # no half artifact

@@ -1,0 +1,29 @@
+import json
+
+import numpy as np
+import tensorflow as tf
+
+from components.ingest import read_examples
+
+
+def test_saved_model_serves_raw_uint8_with_the_evaluated_accuracy(full_run):
+    root, run_dir, _ = full_run
+    saved_model = run_dir / "export" / "saved_model"
+    signature = tf.saved_model.load(str(saved_model)).signatures["serving_default"]
+    [spec] = signature.structured_input_signature[1].values()
+    assert spec.dtype == tf.uint8 and spec.shape.as_list() == [None, 28, 28]
+    assert set(signature.structured_outputs) == {"probabilities", "classes"}
+
+    images, labels = read_examples(run_dir / "ingest", "test")
+    out = signature(images=tf.constant(images))
+    np.testing.assert_allclose(out["probabilities"].numpy().sum(axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_array_equal(out["classes"].numpy(), out["probabilities"].numpy().argmax(axis=1))
+    accuracy = float((out["classes"].numpy() == labels).mean())
+    assert accuracy == json.loads((run_dir / "evaluate" / "metrics.json").read_text())["accuracy"]
+
+    record = json.loads((run_dir / "export" / "export.json").read_text())
+    assert record["verified"]["examples"] == 64 and record["verified"]["max_abs_diff"] < 1e-5
+    assert record["pushed"] is True and record["version"] == 1
+    served = root / "serving" / "mnist" / "1"
+    assert (served / "saved_model.pb").is_file()
+    assert json.loads((served / "assets.extra" / "push.json").read_text())["run"] == run_dir.name

@@ -1,0 +1,112 @@
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from components.models import PRESETS
+from components.preprocess import preprocess
+from components.ingest import ingest
+from components.train import StopAtThreshold, resolve_settings, stop_callback, train
+
+LAYERS = {  # the layer types each seed describes, in order (Input not counted)
+    "seed-000": ["Conv2D", "MaxPooling2D", "Flatten", "Dense", "Dense"],
+    "seed-002": ["Conv2D", "MaxPooling2D", "Conv2D", "MaxPooling2D", "Conv2D", "Flatten", "Dense", "Dense"],
+    "seed-003": ["Conv2D", "MaxPooling2D", "Conv2D", "MaxPooling2D", "Conv2D", "MaxPooling2D", "Flatten",
+                 "Dense", "Dense", "Dense"],
+    "seed-004": ["Conv2D", "MaxPooling2D", "Conv2D", "MaxPooling2D", "BatchNormalization", "Flatten", "Dense",
+                 "Dropout", "Dense", "Dropout", "Dense"],
+}
+UNITS = {"seed-000": [128, 10], "seed-002": [64, 10], "seed-003": [64, 128, 10], "seed-004": [256, 64, 10]}
+FILTERS = {"seed-000": [32], "seed-002": [32, 64, 64], "seed-003": [32, 64, 128], "seed-004": [32, 64]}
+
+
+@pytest.mark.parametrize("name", list(LAYERS))
+def test_seed_presets_have_the_described_layers(name):
+    net = PRESETS[name].build()
+    assert [type(l).__name__ for l in net.layers] == LAYERS[name]
+    assert [l.units for l in net.layers if isinstance(l, keras.layers.Dense)] == UNITS[name]
+    assert [l.filters for l in net.layers if isinstance(l, keras.layers.Conv2D)] == FILTERS[name]
+    assert net.layers[-1].activation.__name__ == "softmax"
+
+
+def test_best_augments_only_in_training():
+    net = PRESETS["best"].build()
+    kinds = {type(l).__name__ for l in net.layers}
+    assert {"RandomRotation", "RandomZoom", "RandomTranslation", "BatchNormalization", "Dropout"} <= kinds
+    x = np.random.default_rng(0).random((4, 28, 28, 1)).astype("float32")
+    np.testing.assert_allclose(net(x, training=False), net(x, training=False))  # inference is deterministic
+    assert not np.allclose(net.layers[1](x, training=True), x)  # the augmentation does act in training
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_every_preset_outputs_probabilities_and_trains_a_step(name):
+    settings = PRESETS[name]
+    net = settings.build()
+    net.compile(optimizer=settings.optimizer, metrics=["accuracy"],
+                loss="categorical_crossentropy" if settings.one_hot_labels else "sparse_categorical_crossentropy")
+    x = np.random.default_rng(0).random((8, 28, 28, 1)).astype("float32")
+    y = np.arange(8) % 10
+    if settings.one_hot_labels:
+        y = keras.utils.to_categorical(y, 10)
+    before = [w.copy() for w in net.get_weights()]
+    net.train_on_batch(x, y)
+    assert any(not np.array_equal(a, b) for a, b in zip(before, net.get_weights()))
+    probabilities = net.predict(x, verbose=0)
+    assert probabilities.shape == (8, 10)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_settings_take_overrides_and_refuse_incomplete_stops():
+    settings = resolve_settings("seed-000", epochs=3, learning_rate=None)
+    assert settings.epochs == 3 and settings.learning_rate == PRESETS["seed-000"].learning_rate
+    with pytest.raises(ValueError, match="unknown preset 'x'; choose one of best, seed-000"):
+        resolve_settings("x")
+    with pytest.raises(ValueError, match="needs train.threshold"):
+        resolve_settings("seed-002", stop="threshold")
+
+
+def test_stop_callbacks_follow_the_preset():
+    seed_000 = stop_callback(resolve_settings("seed-000"))
+    assert isinstance(seed_000, StopAtThreshold) and (seed_000.monitor, seed_000.threshold) == ("accuracy", 0.995)
+    seed_004 = stop_callback(resolve_settings("seed-004"))
+    assert isinstance(seed_004, keras.callbacks.EarlyStopping)
+    assert (seed_004.monitor, seed_004.patience, seed_004.restore_best_weights) == ("val_loss", 3, True)
+    assert stop_callback(resolve_settings("seed-002")) is None
+
+
+@pytest.fixture(scope="module")
+def transformed(tmp_path_factory, mirror, tfds_dir):
+    root = tmp_path_factory.mktemp("small")
+    ingest(root / "examples", train_split="train[:1500]", test_split="test[:100]", manual_dir=mirror, data_dir=tfds_dir)
+    preprocess(root / "examples", root / "transformed")
+    return root / "transformed"
+
+
+def test_threshold_callback_stops_training_and_says_why(tmp_path, transformed):
+    record = train(transformed, tmp_path / "model", preset="seed-000", epochs=5, threshold=0.5)
+    assert record["epochs_run"] == 1
+    assert record["stop_reason"].startswith("threshold: accuracy")
+    assert "reached threshold 0.5 at epoch 1" in record["stop_reason"]
+    history = json.loads((tmp_path / "model" / "history.json").read_text())
+    assert len(history["accuracy"]) == 1 and history["accuracy"][0] >= 0.5
+    assert list((tmp_path / "model" / "logs").rglob("events.out.tfevents.*"))  # TensorBoard wrote
+    assert keras.models.load_model(tmp_path / "model" / "model.keras").output_shape == (None, 10)
+
+
+def test_epoch_cap_and_one_hot_preset(tmp_path, transformed):
+    record = train(transformed, tmp_path / "model", preset="seed-002", epochs=2)
+    assert record["epochs_run"] == 2
+    assert record["stop_reason"] == "epoch cap: ran all 2 of 2 epoch(s)"
+    assert record["settings"]["one_hot_labels"] is True
+
+
+def test_unknown_monitor_is_a_clear_error(tmp_path, transformed):
+    with pytest.raises(ValueError, match="train.monitor 'nope' is not a logged metric; choose one of accuracy"):
+        train(transformed, tmp_path / "model", preset="seed-000", epochs=1, monitor="nope")
+
+
+def test_training_is_reproducible_with_a_fixed_seed(tmp_path, transformed):
+    a = train(transformed, tmp_path / "a", preset="seed-000", epochs=1, seed=7)
+    b = train(transformed, tmp_path / "b", preset="seed-000", epochs=1, seed=7)
+    assert a["final_metrics"] == b["final_metrics"]

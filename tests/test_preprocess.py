@@ -1,0 +1,70 @@
+import json
+
+import numpy as np
+import tensorflow as tf
+
+from components.ingest import ingest, read_examples
+from components.preprocess import assign_split, preprocess
+from components.train import load_split
+from components.transform import scale_pixels
+
+
+def _shards(folder, split):
+    return sorted(str(p) for p in folder.glob(f"{split}-*.tfrecord"))
+
+
+def test_assign_split_is_stable_and_near_the_fraction():
+    records = [np.random.default_rng(i).bytes(100) for i in range(4000)]
+    first = [assign_split(r, 0.1) for r in records]
+    assert first == [assign_split(r, 0.1) for r in records]
+    assert 0.08 < np.mean(first) < 0.12
+    assert 0.27 < np.mean([assign_split(r, 0.3) for r in records]) < 0.33
+
+
+def test_scale_pixels_is_the_same_in_eager_and_graph_mode():
+    pixels = (np.arange(28 * 28) % 256).astype(np.uint8).reshape(1, 28, 28)
+    eager = scale_pixels(pixels).numpy()
+    graph = tf.function(scale_pixels)(tf.constant(pixels)).numpy()
+    assert eager.shape == (1, 28, 28, 1) and eager.dtype == np.float32
+    np.testing.assert_array_equal(eager, graph)
+    assert eager.min() == 0.0 and eager.max() == 1.0
+
+
+def test_preprocess_splits_scales_and_counts(tmp_path, mirror, tfds_dir):
+    examples = tmp_path / "examples"
+    ingest(examples, train_split="train[:1000]", test_split="test[:200]", manual_dir=mirror, data_dir=tfds_dir)
+    stats = preprocess(examples, tmp_path / "t1", validation_fraction=0.2, num_shards=3)
+
+    assert set(stats) == {"train", "validation", "test"}
+    assert stats["train"]["count"] + stats["validation"]["count"] == 1000
+    assert 0.15 < stats["validation"]["count"] / 1000 < 0.25
+    assert stats["test"]["count"] == 200
+    assert len(_shards(tmp_path / "t1", "train")) == 3
+    for split in ("train", "validation"):
+        assert sum(stats[split]["class_histogram"].values()) == stats[split]["count"]
+        images, labels = [], []
+        for x, y in load_split(tmp_path / "t1", split, 256).unbatch().as_numpy_iterator():
+            images.append(x)
+            labels.append(y)
+        images = np.stack(images)
+        assert images.shape == (stats[split]["count"], 28, 28, 1)
+        assert images.min() >= 0.0 and images.max() <= 1.0
+        assert np.isclose(images.mean(), stats[split]["pixel_mean"], atol=1e-6)
+        assert np.isclose(images.std(), stats[split]["pixel_std"], atol=1e-5)
+        counts = np.bincount(labels, minlength=10)
+        assert {str(c): int(n) for c, n in enumerate(counts)} == stats[split]["class_histogram"]
+
+    raw_images, _ = read_examples(examples, "test")
+    assert np.isclose(stats["test"]["pixel_mean"], raw_images.mean() / 255.0, atol=1e-6)
+
+    # Deterministic: a second run (other shard count) puts every example in the same split.
+    again = preprocess(examples, tmp_path / "t2", validation_fraction=0.2, num_shards=1)
+    assert again == stats
+    assert json.loads((tmp_path / "t2" / "statistics.json").read_text()) == stats
+
+
+def test_preprocess_without_ingest_output_says_so(tmp_path):
+    import pytest
+
+    with pytest.raises(FileNotFoundError, match="run ingest first"):
+        preprocess(tmp_path / "empty", tmp_path / "out")

@@ -1,0 +1,73 @@
+import json
+import shutil
+
+import pytest
+
+from conftest import small_overrides
+from pipeline.config import load_config
+from pipeline.runner import STEPS, MissingInputError, run
+from pipeline.store import ArtifactStore
+
+
+def test_full_run_leaves_five_whole_artifacts_with_lineage(full_run):
+    root, run_dir, _ = full_run
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["status"] == "succeeded"
+    assert list(record["components"]) == list(STEPS)
+    assert all(c["status"] == "succeeded" and c["duration_s"] >= 0 for c in record["components"].values())
+    assert not [p for p in run_dir.iterdir() if p.name.startswith(".")]  # no scratch left behind
+    for name, step in STEPS.items():
+        manifest = json.loads((run_dir / name / "manifest.json").read_text())
+        assert manifest["component"] == name and manifest["status"] == "succeeded"
+        assert manifest["run_id"] == run_dir.name
+        assert manifest["versions"]["tensorflow"]
+        assert len(manifest["fingerprint"]) == 64
+        assert set(manifest["inputs"]) == set(step.inputs)
+        for arg, upstream in step.inputs.items():  # lineage: each input is this run's upstream output
+            assert manifest["inputs"][arg] == str(run_dir / upstream)
+    ingest_manifest = json.loads((run_dir / "ingest" / "manifest.json").read_text())
+    assert ingest_manifest["parameters"]["train_split"] == "train[:2000]"
+    assert ingest_manifest["result"]["splits"]["train"]["count"] == 2000
+    assert "ingest started" in (run_dir / "run.log").read_text()
+
+
+def test_one_component_alone_uses_the_latest_upstream(full_run, tmp_path, tfds_dir):
+    root = tmp_path / "artifacts"
+    shutil.copytree(full_run[0], root)
+    cfg = load_config(small_overrides(tfds_dir, **{"train.epochs": 1}))
+    run_dir = run(cfg, root, ["train"])
+    assert run_dir.name != full_run[1].name
+    assert sorted(p.name for p in run_dir.iterdir()) == ["run.json", "run.log", "train"]
+    manifest = json.loads((run_dir / "train" / "manifest.json").read_text())
+    assert manifest["inputs"]["transformed"] == str(root / "runs" / full_run[1].name / "preprocess")
+    assert manifest["result"]["epochs_run"] == 1
+    assert ArtifactStore(root).latest("train").run_id == run_dir.name
+
+    # evaluate alone now takes the newest train output and the old ingest output
+    eval_dir = run(cfg, root, ["evaluate"])
+    manifest = json.loads((eval_dir / "evaluate" / "manifest.json").read_text())
+    assert manifest["inputs"]["model"] == str(run_dir / "train")
+    assert manifest["parameters"]["baseline"] == str(root / "serving" / "mnist" / "1")
+
+
+def test_component_before_its_inputs_exist_names_them(tmp_path, tfds_dir):
+    cfg = load_config(small_overrides(tfds_dir))
+    with pytest.raises(MissingInputError) as err:
+        run(cfg, tmp_path, ["evaluate"])
+    message = str(err.value)
+    assert "evaluate needs the output of ingest, preprocess, train" in message
+    assert "python -m pipeline run ingest && python -m pipeline run preprocess && python -m pipeline run train" in message
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_failing_component_leaves_no_artifact(full_run, tmp_path, tfds_dir):
+    root = tmp_path / "artifacts"
+    shutil.copytree(full_run[0], root)
+    cfg = load_config(small_overrides(tfds_dir, **{"train.monitor": "nope"}))
+    with pytest.raises(ValueError, match="nope"):
+        run(cfg, root, ["train"])
+    [failed] = [d for d in (root / "runs").iterdir() if d.name != full_run[1].name]
+    assert sorted(p.name for p in failed.iterdir()) == ["run.json", "run.log"]
+    record = json.loads((failed / "run.json").read_text())
+    assert record["status"] == "failed" and record["components"]["train"]["status"] == "failed"
+    assert ArtifactStore(root).latest("train").run_id == full_run[1].name  # the whole one is still latest

@@ -1,0 +1,99 @@
+import json
+import shutil
+
+import pytest
+
+from components import serving
+from conftest import small_overrides
+from pipeline.__main__ import main
+from pipeline.config import load_config
+from pipeline.runner import run
+
+
+@pytest.fixture
+def saved_model(full_run):
+    return full_run[1] / "export" / "saved_model"
+
+
+def test_push_publishes_numbered_versions_with_their_record(saved_model, tmp_path):
+    base = tmp_path / "mnist"
+    assert serving.push(saved_model, base, {"run": "r1", "test_accuracy": 0.9}) == 1
+    assert serving.push(saved_model, base, {"run": "r2", "test_accuracy": 0.95}) == 2
+    assert serving.versions(base) == [1, 2] and serving.current_version(base) == 2
+    rows = serving.listing(base)
+    assert [(r["version"], r["run"], r["current"], r["replaces"]) for r in rows] == [
+        (1, "r1", False, None), (2, "r2", True, 1)]
+    assert (base / "2" / "saved_model.pb").is_file()
+    assert sorted(p.name for p in base.iterdir()) == ["1", "2"]  # no staging left
+
+
+@pytest.mark.parametrize("fail_after_files", [0, 1, 3])
+def test_interrupted_push_leaves_the_previous_version_serving(saved_model, tmp_path, fail_after_files):
+    base = tmp_path / "mnist"
+    serving.push(saved_model, base, {"run": "good"})
+    before = sorted(str(p.relative_to(base)) for p in (base / "1").rglob("*"))
+
+    def copy_then_crash(src, dst):
+        copied = 0
+
+        def copy_file(s, d):
+            nonlocal copied
+            if copied == fail_after_files:
+                raise OSError("disk full (simulated)")
+            copied += 1
+            return shutil.copy2(s, d)
+
+        shutil.copytree(src, dst, copy_function=copy_file)
+
+    with pytest.raises(OSError, match="simulated"):
+        serving.push(saved_model, base, {"run": "bad"}, copy=copy_then_crash)
+    assert serving.versions(base) == [1]
+    assert sorted(str(p.relative_to(base)) for p in (base / "1").rglob("*")) == before
+    assert sorted(p.name for p in base.iterdir()) == ["1"]  # the staging copy is gone too
+
+
+def test_rollback_serves_the_earlier_model_again(saved_model, tmp_path):
+    base = tmp_path / "mnist"
+    serving.push(saved_model, base, {"run": "r1", "test_accuracy": 0.99})
+    serving.push(saved_model, base, {"run": "r2", "test_accuracy": 0.98})
+    assert serving.rollback(base) == 3  # default: what version 2 replaced
+    record = serving.read_push_record(base, 3)
+    assert (record["rollback_of"], record["run"], record["test_accuracy"], record["replaces"]) == (1, "r1", 0.99, 2)
+    assert serving.rollback(base, 2) == 4
+    with pytest.raises(serving.ServingError, match="no version 9"):
+        serving.rollback(base, 9)
+    with pytest.raises(serving.ServingError, match="already the one served"):
+        serving.rollback(base, 4)
+    with pytest.raises(serving.ServingError, match="no served versions"):
+        serving.rollback(tmp_path / "empty")
+
+
+def test_nightly_flow_pushes_only_models_at_least_as_good(full_run, tmp_path, tfds_dir, capsys):
+    root = tmp_path / "artifacts"
+    shutil.copytree(full_run[0], root)  # version 1 is served, from the full run
+    base = root / "serving" / "mnist"
+    assert serving.versions(base) == [1]
+
+    # A worse candidate: one short epoch on a few hundred images.
+    worse = run(load_config(small_overrides(tfds_dir, **{
+        "ingest.train_split": "train[:200]", "train.epochs": 1, "train.batch_size": 256})), root)
+    blessing = json.loads((worse / "evaluate" / "blessing.json").read_text())
+    assert blessing["blessed"] is False
+    assert any("trails the served model" in reason for reason in blessing["reasons"])
+    assert blessing["baseline"]["model"] == str(base / "1")
+    export = json.loads((worse / "export" / "export.json").read_text())
+    assert export["pushed"] is False and export["not_pushed_because"] == blessing["reasons"]
+    assert serving.versions(base) == [1]
+
+    # A better one: more data and epochs than version 1 had.
+    better = run(load_config(small_overrides(tfds_dir, **{
+        "ingest.train_split": "train[:6000]", "train.epochs": 3, "evaluate.max_recall_drop": 0.2})), root)
+    assert json.loads((better / "evaluate" / "blessing.json").read_text())["blessed"] is True
+    assert serving.versions(base) == [1, 2]
+    assert serving.read_push_record(base, 2)["run"] == better.name
+
+    assert main(["--artifacts", str(root), "models"]) == 0
+    listing = capsys.readouterr().out
+    assert better.name in listing and full_run[1].name in listing
+    assert main(["--artifacts", str(root), "rollback", "1"]) == 0
+    assert serving.read_push_record(base, 3)["rollback_of"] == 1
