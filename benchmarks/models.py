@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import platform
 from datetime import datetime, timezone
@@ -23,16 +22,14 @@ COLUMNS = ("preset", "epochs_run", "stop_reason", "train_seconds", "test_accurac
 def main(argv: list[str] | None = None) -> int:
     from components.models import PRESETS
     from pipeline.config import load_config
-    from pipeline.runner import run
+    from pipeline.runner import configure_logging, run
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.models", description=__doc__.splitlines()[0])
     parser.add_argument("--artifacts", type=Path, default=Path("artifacts/benchmarks/models"))
     parser.add_argument("--presets", nargs="+", default=list(PRESETS), choices=list(PRESETS))
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("apache_beam", "absl", "tensorflow"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    configure_logging()
 
     # Its own artifacts root has no served model, so evaluate compares against none.
     run(load_config(args.overrides), args.artifacts, ["ingest", "preprocess"])

@@ -128,7 +128,7 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {
     "best": Preset(
-        best, epochs=20, batch_size=128, optimizer="adam", learning_rate=3e-3,
+        best, epochs=18, batch_size=128, optimizer="adam", learning_rate=3e-3,
         stop="early_stopping", monitor="val_loss", patience=4, schedule="warmup_cosine",
     ),
     "seed-000": Preset(

@@ -22,6 +22,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
     configured = argparse.ArgumentParser(add_help=False)
+    # Accepted after the sub-command too; SUPPRESS keeps a value given before it.
+    configured.add_argument("--artifacts", type=Path, default=argparse.SUPPRESS, help="artifacts root (default: artifacts/)")
     configured.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                             help="override a configuration key, e.g. --set train.epochs=3 (repeatable)")
 
@@ -42,10 +44,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pipeline.runner import configure_logging
+
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    for noisy in ("apache_beam", "absl", "tensorflow"):  # their INFO is per-bundle detail, not progress
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    configure_logging()
     try:
         return COMMANDS[args.command](args)
     except Exception as err:  # one line for the operator; --debug for the traceback

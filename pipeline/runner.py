@@ -201,6 +201,13 @@ def _versions() -> dict:
     return found
 
 
+def configure_logging() -> None:
+    """INFO to stderr for our loggers; the libraries' INFO is per-bundle detail, not progress."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("apache_beam", "absl", "tensorflow"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
 def _log_to(path: Path) -> logging.Handler:
     """Copies the run's progress into its own run.log, whatever the caller configured."""
     handler = logging.FileHandler(path)

@@ -5,9 +5,9 @@ import sys
 from conftest import REPO, small_overrides
 
 
-def pipeline(*args, artifacts):
+def pipeline(*args):
     return subprocess.run(
-        [sys.executable, "-m", "pipeline", "--artifacts", str(artifacts), *args],
+        [sys.executable, "-m", "pipeline", *map(str, args)],
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )
 
@@ -19,14 +19,14 @@ def error_line(result):
 
 
 def test_bad_configuration_value_exits_nonzero_with_one_line(tmp_path):
-    result = pipeline("run", "--set", "train.epochs=-1", artifacts=tmp_path)
+    result = pipeline("--artifacts", tmp_path, "run", "--set", "train.epochs=-1")
     assert result.returncode != 0
     assert "train.epochs=-1" in error_line(result)
     assert not (tmp_path / "runs").exists()  # nothing started
 
 
 def test_component_without_upstream_names_what_to_run_first(tmp_path):
-    result = pipeline("run", "train", artifacts=tmp_path)
+    result = pipeline("run", "train", "--artifacts", tmp_path)  # --artifacts after the sub-command works too
     assert result.returncode != 0
     line = error_line(result)
     assert "preprocess" in line and "python -m pipeline run ingest" in line
@@ -40,7 +40,7 @@ def test_missing_mirror_file_is_named(tmp_path, mirror, tfds_dir):
             (partial / f.name).symlink_to(f)
     fresh_tfds = tmp_path / "tfds"  # unprepared: TFDS must look for the files
     overrides = small_overrides(fresh_tfds, **{"ingest.manual_dir": partial})
-    result = pipeline("run", "ingest", *[a for o in overrides for a in ("--set", o)], artifacts=tmp_path / "a")
+    result = pipeline("--artifacts", tmp_path / "a", "run", "ingest", *[a for o in overrides for a in ("--set", o)])
     assert result.returncode != 0
     line = error_line(result)
     assert "t10k-labels-idx1-ubyte.gz" in line and "missing" in line

@@ -27,3 +27,15 @@ def test_saved_model_serves_raw_uint8_with_the_evaluated_accuracy(full_run):
     served = root / "serving" / "mnist" / "1"
     assert (served / "saved_model.pb").is_file()
     assert json.loads((served / "assets.extra" / "push.json").read_text())["run"] == run_dir.name
+
+
+def test_readme_python_example_runs_against_a_served_model(full_run, capsys):
+    from conftest import REPO
+
+    readme = (REPO / "README.md").read_text()
+    snippet = readme.split("From Python:\n\n```python\n", 1)[1].split("```", 1)[0]
+    served = full_run[0] / "serving" / "mnist" / "1"
+    namespace = {}
+    exec(snippet.replace("artifacts/serving/mnist/1", str(served)), namespace)
+    assert namespace["out"]["classes"].shape == (1,) and namespace["out"]["probabilities"].shape == (1, 10)
+    assert capsys.readouterr().out.startswith("[")

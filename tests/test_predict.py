@@ -5,20 +5,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from benchmarks.user_images import render_like_a_user
 from components.digits import ImageError, load_image, to_mnist
 from components.ingest import read_examples
 from pipeline.__main__ import main
-
-
-def render_like_a_user(digit: np.ndarray, rng: np.random.Generator) -> Image.Image:
-    """An MNIST digit as people have them: bigger, dark ink on light paper, off-centre, in colour."""
-    scale = rng.integers(3, 7)
-    big = Image.fromarray(255 - digit).resize((28 * scale, 28 * scale), Image.Resampling.BILINEAR)
-    paper = Image.new("L", (28 * scale + 120, 28 * scale + 80), 235)
-    paper.paste(big, (int(rng.integers(0, 120)), int(rng.integers(0, 80))), mask=None)
-    ink = np.asarray(paper, dtype=np.float32) / 255
-    rgb = np.stack([ink * 255, ink * 240 + 10, ink * 200 + 30], axis=-1)  # bluish ink, warm paper
-    return Image.fromarray(rgb.clip(0, 255).astype(np.uint8), "RGB")
 
 
 def centre_of_mass(image: np.ndarray):
