@@ -7,12 +7,14 @@ TensorBoard logs under `logs/`.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import time
 from pathlib import Path
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from components.models import PRESETS, Preset
@@ -20,7 +22,6 @@ from components.preprocess import FEATURES
 from components.transform import NUM_CLASSES
 
 log = logging.getLogger(__name__)
-SHUFFLE_BUFFER = 10_000
 
 
 class StopAtThreshold(keras.callbacks.Callback):
@@ -77,26 +78,36 @@ def stop_callback(settings: Preset) -> keras.callbacks.Callback | None:
     return None
 
 
-def load_split(transformed: Path, split: str, batch_size: int, *, one_hot: bool = False,
-               shuffle_seed: int | None = None) -> tf.data.Dataset:
+def read_split(transformed: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """All examples of a preprocessed split, in an order fixed by their content.
+
+    Beam spreads examples over shards in no fixed order, so two preprocess runs of the
+    same data differ in layout; sorting by a content hash makes the seeded shuffle,
+    and so the whole training run, reproducible across them.
+    """
     files = sorted(str(p) for p in Path(transformed).glob(f"{split}-*.tfrecord"))
     if not files:
         raise FileNotFoundError(f"no {split} shards in {transformed}; run preprocess first")
-    count = json.loads((Path(transformed) / "statistics.json").read_text())[split]["count"]
-    ds = (
-        tf.data.TFRecordDataset(files)
-        .map(lambda record: tf.io.parse_single_example(record, FEATURES), num_parallel_calls=tf.data.AUTOTUNE)
-        .apply(tf.data.experimental.assert_cardinality(count))  # lets Keras know the epoch's length
-        .cache()
-    )
+    images, labels = [], []
+    for batch in tf.data.TFRecordDataset(files).batch(8192).map(lambda r: tf.io.parse_example(r, FEATURES)):
+        images.append(batch["image"].numpy())
+        labels.append(batch["label"].numpy())
+    images, labels = np.concatenate(images), np.concatenate(labels)
+    keys = [hashlib.blake2b(image.tobytes() + bytes([label]), digest_size=8).digest() for image, label in zip(images, labels)]
+    order = sorted(range(len(keys)), key=keys.__getitem__)
+    return images[order], labels[order]
+
+
+def load_split(transformed: Path, split: str, batch_size: int, *, one_hot: bool = False,
+               shuffle_seed: int | None = None) -> tf.data.Dataset:
+    """A split as batches of (image, label); shuffled afresh each epoch when given a seed."""
+    images, labels = read_split(transformed, split)
+    if one_hot:
+        labels = keras.utils.to_categorical(labels, NUM_CLASSES)
+    ds = tf.data.Dataset.from_tensor_slices((images, labels))
     if shuffle_seed is not None:
-        ds = ds.shuffle(SHUFFLE_BUFFER, seed=shuffle_seed, reshuffle_each_iteration=True)
-
-    def features_and_label(example):
-        label = tf.one_hot(example["label"], NUM_CLASSES) if one_hot else example["label"]
-        return example["image"], label
-
-    return ds.map(features_and_label).batch(batch_size).prefetch(tf.data.AUTOTUNE)
+        ds = ds.shuffle(len(images), seed=shuffle_seed, reshuffle_each_iteration=True)
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
 def _optimizer(settings: Preset, steps_per_epoch: int) -> keras.optimizers.Optimizer:
