@@ -11,7 +11,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import keras
 import numpy as np
+import seaborn as sns
+import tensorflow as tf
+from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global figure state
 from sklearn.metrics import classification_report, confusion_matrix, log_loss
 
 from components.ingest import read_examples
@@ -62,8 +66,6 @@ def judge(candidate: dict, baseline: dict | None, *, min_accuracy: float, accura
 
 def predict_saved_model(saved_model: Path, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
     """Class probabilities from a served SavedModel fed raw uint8 images, as a client would."""
-    import tensorflow as tf
-
     serve = tf.saved_model.load(str(saved_model)).signatures["serving_default"]
     return np.concatenate(
         [serve(images=tf.constant(images[i : i + batch_size]))["probabilities"].numpy()
@@ -82,8 +84,6 @@ def evaluate(
     max_recall_drop: float = 0.01,
 ) -> dict:
     """Evaluate `model/model.keras` on the test split of `examples`; return blessing.json."""
-    import keras
-
     images, labels = read_examples(examples, "test")
     net = keras.models.load_model(Path(model) / "model.keras")
     probabilities = net.predict(scale_pixels(images), batch_size=1000, verbose=0)
@@ -108,12 +108,6 @@ def evaluate(
 
 
 def write_reports(out: Path, labels: np.ndarray, predicted: np.ndarray, metrics: dict) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only: no display on a nightly box
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
     names = [str(c) for c in CLASSES]
     report = dict(y_true=labels, y_pred=predicted, labels=CLASSES, target_names=names, digits=4, zero_division=0)
     (out / "classification_report.txt").write_text(classification_report(**report))
@@ -125,11 +119,11 @@ def write_reports(out: Path, labels: np.ndarray, predicted: np.ndarray, metrics:
     (out / "metrics.json").write_text(
         json.dumps({k: v for k, v in metrics.items() if k != "confusion_matrix"}, indent=2)
     )
-    fig, ax = plt.subplots(figsize=(8, 7))
+    fig = Figure(figsize=(8, 7))
+    ax = fig.subplots()
     sns.heatmap(np.array(metrics["confusion_matrix"]), annot=True, fmt="d", cmap="Blues", cbar=False,
                 xticklabels=names, yticklabels=names, ax=ax)
     ax.set(xlabel="predicted digit", ylabel="true digit",
            title=f"Confusion matrix: {metrics['examples']} test images, accuracy {metrics['accuracy']:.4f}")
     fig.tight_layout()
     fig.savefig(out / "confusion_matrix.png", dpi=100)
-    plt.close(fig)

@@ -14,6 +14,7 @@ import json
 import logging
 from pathlib import Path
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -26,9 +27,7 @@ log = logging.getLogger(__name__)
 TOLERANCE = 1e-5  # float32 graph vs eager: anything above this is a real difference
 
 
-def build_saved_model(net, path: Path) -> None:
-    import keras
-
+def build_saved_model(net: keras.Model, path: Path) -> None:
     archive = keras.export.ExportArchive()
     archive.track(net)
 
@@ -52,8 +51,6 @@ def export(
     push_record: dict | None = None,
 ) -> dict:
     """Write `exported/saved_model`, verify it, and push it under `serving_root/model_name` if blessed."""
-    import keras
-
     blessing_path = Path(evaluation) / "blessing.json"
     if not blessing_path.is_file():
         raise FileNotFoundError(f"no blessing.json in {evaluation}; run evaluate first")

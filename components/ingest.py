@@ -10,6 +10,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
@@ -91,8 +92,6 @@ def serialize_example(image, label) -> bytes:
 
 def parse_example(record: bytes):
     """The inverse of `serialize_example`: (784 uint8 pixels, label)."""
-    import numpy as np
-
     features = tf.train.Example.FromString(record).features.feature
     return np.frombuffer(features["image"].bytes_list.value[0], dtype=np.uint8), int(features["label"].int64_list.value[0])
 
@@ -115,8 +114,6 @@ def _write_split(dataset: tf.data.Dataset, folder: Path, name: str) -> int:
 
 def read_examples(examples: Path, split: str):
     """One split of an ingest output as (uint8 images (N, 28, 28), int64 labels (N,))."""
-    import numpy as np
-
     files = sorted(str(p) for p in Path(examples).glob(f"{split}-*.tfrecord"))
     if not files:
         raise FileNotFoundError(f"no {split} examples in {examples}; run ingest first")

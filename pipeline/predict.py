@@ -45,7 +45,7 @@ def predict_files(paths: list[Path], saved_model: Path, as_json: bool = False) -
             digit = int(p.argmax())
             if as_json:
                 print(json.dumps({"path": str(path), "digit": digit, "probability": float(p[digit]),
-                                  "probabilities": [round(float(x), 6) for x in p]}))
+                                  "probabilities": [float(x) for x in p]}))
             else:
                 print(f"{path}: {digit} (p={p[digit]:.3f})")
     if not files:
