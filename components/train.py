@@ -92,6 +92,9 @@ def read_split(transformed: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     for batch in tf.data.TFRecordDataset(files).batch(8192).map(lambda r: tf.io.parse_example(r, FEATURES)):
         images.append(batch["image"].numpy())
         labels.append(batch["label"].numpy())
+    if not images:
+        raise ValueError(f"the {split} split in {transformed} is empty; widen ingest.train_split "
+                         f"or change preprocess.validation_fraction")
     images, labels = np.concatenate(images), np.concatenate(labels)
     keys = [hashlib.blake2b(image.tobytes() + bytes([label]), digest_size=8).digest() for image, label in zip(images, labels)]
     order = sorted(range(len(keys)), key=keys.__getitem__)
