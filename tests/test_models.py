@@ -115,3 +115,13 @@ def test_training_is_reproducible_with_a_fixed_seed(tmp_path, transformed):
     assert a["final_metrics"] == b["final_metrics"]
     c = train(relaid, tmp_path / "c", preset="best", epochs=1, seed=8)
     assert c["final_metrics"] != a["final_metrics"]
+
+
+def test_early_stopping_ends_training_on_a_plateau(tmp_path, transformed):
+    # With a vanishing learning rate (and no BatchNorm statistics to drift) the predictions,
+    # and so val_accuracy, cannot improve after the first epoch.
+    record = train(transformed, tmp_path / "model", preset="seed-000", epochs=6, optimizer="sgd",
+                   learning_rate=1e-12, stop="early_stopping", monitor="val_accuracy", patience=1)
+    assert record["epochs_run"] == 2
+    assert record["stop_reason"] == (
+        "early stopping: val_accuracy did not improve for 1 epoch(s); restored the weights of epoch 1")
