@@ -3,8 +3,9 @@
     python -m benchmarks.user_images [--count 500] [--model VERSION|DIR]
 
 Each digit is scaled up, inverted to dark ink on light paper, shifted off-centre,
-tinted and saved as an RGB JPEG; `predict` then reads the files back. The table
-compares that accuracy with the same digits fed raw.
+tinted and saved as an RGB JPEG, then read back through the functions `predict`
+uses (`load_image`, `to_mnist`). The table compares that accuracy with the same
+digits fed raw.
 """
 from __future__ import annotations
 

@@ -96,8 +96,9 @@ def read_split(transformed: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"the {split} split in {transformed} is empty; widen ingest.train_split "
                          f"or change preprocess.validation_fraction")
     images, labels = np.concatenate(images), np.concatenate(labels)
-    keys = [hashlib.blake2b(image.tobytes() + bytes([label]), digest_size=8).digest() for image, label in zip(images, labels)]
-    order = sorted(range(len(keys)), key=keys.__getitem__)
+    keys = np.array([int.from_bytes(hashlib.blake2b(image.tobytes() + bytes([label]), digest_size=8).digest(), "big")
+                     for image, label in zip(images, labels)], dtype=np.uint64)
+    order = np.argsort(keys, kind="stable")
     return images[order], labels[order]
 
 

@@ -18,6 +18,7 @@ from pipeline.config import Config
 from pipeline.store import MANIFEST, ArtifactStore, now
 
 log = logging.getLogger("pipeline")
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 LOGGERS = ("pipeline", "components")  # ours; library chatter stays out of run.log
 PACKAGES = ("tensorflow", "keras", "tensorflow-datasets", "apache-beam", "scikit-learn", "numpy")
 
@@ -203,7 +204,7 @@ def _versions() -> dict:
 
 def configure_logging() -> None:
     """INFO to stderr for our loggers; the libraries' INFO is per-bundle detail, not progress."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     for noisy in ("apache_beam", "absl", "tensorflow"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
@@ -211,7 +212,7 @@ def configure_logging() -> None:
 def _log_to(path: Path) -> logging.Handler:
     """Copies the run's progress into its own run.log, whatever the caller configured."""
     handler = logging.FileHandler(path)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
     handler.setLevel(logging.INFO)
     for name in LOGGERS:
         logger = logging.getLogger(name)
