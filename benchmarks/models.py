@@ -20,7 +20,7 @@ COLUMNS = ("preset", "epochs_run", "stop_reason", "train_seconds", "test_accurac
 
 
 def main(argv: list[str] | None = None) -> int:
-    from components.models import PRESETS
+    from components.presets import PRESETS
     from pipeline.config import load_config
     from pipeline.runner import configure_logging, run
 

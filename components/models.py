@@ -1,12 +1,8 @@
-"""Model presets: each seed's network by name, and `best`, ours.
+"""The architectures behind the presets (`components.presets`): each seed's network, and `best`, ours.
 
 Every architecture takes scaled (28, 28, 1) images and returns class probabilities.
-A preset's training settings are defaults; `train.*` configuration overrides them.
 """
 from __future__ import annotations
-
-from dataclasses import dataclass
-from typing import Callable, Optional
 
 import keras
 from keras import layers
@@ -111,40 +107,9 @@ def best() -> keras.Model:
     return keras.Model(inputs, outputs, name="best")
 
 
-@dataclass(frozen=True)
-class Preset:
-    build: Callable[[], keras.Model]
-    epochs: int
-    batch_size: int
-    optimizer: str
-    learning_rate: float
-    stop: str  # threshold | early_stopping | none
-    monitor: str = "accuracy"
-    threshold: Optional[float] = None
-    patience: Optional[int] = None
-    one_hot_labels: bool = False  # categorical instead of sparse categorical cross-entropy
-    schedule: str = "constant"  # constant | warmup_cosine
+def build(architecture: str) -> keras.Model:
+    """A fresh, uncompiled model of the named architecture (a preset's `architecture`)."""
+    return ARCHITECTURES[architecture]()
 
 
-PRESETS: dict[str, Preset] = {
-    "best": Preset(
-        best, epochs=18, batch_size=128, optimizer="adam", learning_rate=3e-3,
-        stop="early_stopping", monitor="val_loss", patience=4, schedule="warmup_cosine",
-    ),
-    "seed-000": Preset(
-        seed_000, epochs=10, batch_size=32, optimizer="adam", learning_rate=1e-3,
-        stop="threshold", monitor="accuracy", threshold=0.995,
-    ),
-    "seed-002": Preset(
-        seed_002, epochs=5, batch_size=64, optimizer="adam", learning_rate=1e-3,
-        stop="none", one_hot_labels=True,
-    ),
-    "seed-003": Preset(
-        seed_003, epochs=10, batch_size=32, optimizer="rmsprop", learning_rate=1e-3,
-        stop="threshold", monitor="accuracy", threshold=0.96,
-    ),
-    "seed-004": Preset(
-        seed_004, epochs=10, batch_size=128, optimizer="adam", learning_rate=1e-3,
-        stop="early_stopping", monitor="val_loss", patience=3,
-    ),
-}
+ARCHITECTURES = {f.__name__: f for f in (best, seed_000, seed_002, seed_003, seed_004)}

@@ -17,7 +17,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from components.models import PRESETS, Preset
+from components import models
+from components.presets import PRESETS, Preset
 from components.preprocess import FEATURES
 from components.transform import NUM_CLASSES
 
@@ -139,7 +140,7 @@ def train(transformed: Path, model: Path, *, preset: str = "best", seed: int = 4
     train_ds = load_split(transformed, "train", settings.batch_size, one_hot=settings.one_hot_labels, shuffle_seed=seed)
     val_ds = load_split(transformed, "validation", 1024, one_hot=settings.one_hot_labels)
 
-    net = settings.build()
+    net = models.build(settings.architecture)
     net.compile(
         optimizer=_optimizer(settings, steps_per_epoch=len(train_ds)),
         loss="categorical_crossentropy" if settings.one_hot_labels else "sparse_categorical_crossentropy",
@@ -163,7 +164,7 @@ def train(transformed: Path, model: Path, *, preset: str = "best", seed: int = 4
     (model_dir / "history.json").write_text(json.dumps({k: [float(v) for v in vs] for k, vs in history.history.items()}, indent=2))
     record = {
         "preset": preset,
-        "settings": {k: v for k, v in dataclasses.asdict(settings).items() if k != "build"},
+        "settings": {k: v for k, v in dataclasses.asdict(settings).items()},
         "seed": seed,
         "epochs_run": epochs_run,
         "stop_reason": reason,

@@ -115,10 +115,10 @@ def _predict(args) -> int:
 def _presets(args) -> int:
     import dataclasses
 
-    from components.models import PRESETS
+    from components.presets import PRESETS
 
     for name, preset in PRESETS.items():
-        settings = {k: v for k, v in dataclasses.asdict(preset).items() if k != "build" and v is not None}
+        settings = {k: v for k, v in dataclasses.asdict(preset).items() if v is not None}
         print(f"{name:9} {json.dumps(settings)}")
     return 0
 

@@ -47,7 +47,7 @@ class Train(_Section):
     @field_validator("preset")
     @classmethod
     def _known_preset(cls, name: str) -> str:
-        from components.models import PRESETS  # keras import only when validating
+        from components.presets import PRESETS
 
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")

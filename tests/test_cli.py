@@ -46,3 +46,15 @@ def test_missing_mirror_file_is_named(tmp_path, mirror, tfds_dir):
     assert "t10k-labels-idx1-ubyte.gz" in line and "missing" in line
     run_dirs = list((tmp_path / "a" / "runs").iterdir())
     assert [p.name for p in run_dirs[0].iterdir() if not p.name.startswith("run.")] == []  # no half artifact
+
+
+def test_commands_that_need_no_model_never_import_tensorflow(tmp_path):
+    probe = (
+        "import sys; from pipeline.__main__ import main; "
+        f"codes = [main(['--artifacts', {str(tmp_path)!r}, c]) for c in ('models', 'presets')]; "
+        "heavy = sorted(m for m in ('tensorflow', 'keras', 'apache_beam', 'tensorflow_datasets') if m in sys.modules); "
+        "print(codes, heavy)"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip().splitlines()[-1] == "[0, 0] []", result.stdout + result.stderr
+    assert "seed-004" in result.stdout and "no served versions" in result.stdout

@@ -4,7 +4,8 @@ import keras
 import numpy as np
 import pytest
 
-from components.models import PRESETS
+from components.models import build
+from components.presets import PRESETS
 from components.preprocess import preprocess
 from components.ingest import ingest
 from components.train import StopAtThreshold, resolve_settings, stop_callback, train
@@ -23,7 +24,7 @@ FILTERS = {"seed-000": [32], "seed-002": [32, 64, 64], "seed-003": [32, 64, 128]
 
 @pytest.mark.parametrize("name", list(LAYERS))
 def test_seed_presets_have_the_described_layers(name):
-    net = PRESETS[name].build()
+    net = build(PRESETS[name].architecture)
     assert [type(l).__name__ for l in net.layers] == LAYERS[name]
     assert [l.units for l in net.layers if isinstance(l, keras.layers.Dense)] == UNITS[name]
     assert [l.filters for l in net.layers if isinstance(l, keras.layers.Conv2D)] == FILTERS[name]
@@ -31,7 +32,7 @@ def test_seed_presets_have_the_described_layers(name):
 
 
 def test_best_augments_only_in_training():
-    net = PRESETS["best"].build()
+    net = build("best")
     kinds = {type(l).__name__ for l in net.layers}
     assert {"RandomRotation", "RandomZoom", "RandomTranslation", "BatchNormalization", "Dropout"} <= kinds
     x = np.random.default_rng(0).random((4, 28, 28, 1)).astype("float32")
@@ -42,7 +43,7 @@ def test_best_augments_only_in_training():
 @pytest.mark.parametrize("name", list(PRESETS))
 def test_every_preset_outputs_probabilities_and_trains_a_step(name):
     settings = PRESETS[name]
-    net = settings.build()
+    net = build(settings.architecture)
     net.compile(optimizer=settings.optimizer, metrics=["accuracy"],
                 loss="categorical_crossentropy" if settings.one_hot_labels else "sparse_categorical_crossentropy")
     x = np.random.default_rng(0).random((8, 28, 28, 1)).astype("float32")

@@ -1,0 +1,49 @@
+"""Model presets by name: each seed's network and training settings, and `best`, ours.
+
+Kept free of Keras so that validating a configuration or listing presets costs no
+TensorFlow import; `components.models.build(preset.architecture)` makes the network.
+A preset's training settings are defaults; `train.*` configuration overrides them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+
+@dataclass(frozen=True)
+class Preset:
+    architecture: str  # a function in components.models
+    epochs: int
+    batch_size: int
+    optimizer: str
+    learning_rate: float
+    stop: str  # threshold | early_stopping | none
+    monitor: str = "accuracy"
+    threshold: Optional[float] = None
+    patience: Optional[int] = None
+    one_hot_labels: bool = False  # categorical instead of sparse categorical cross-entropy
+    schedule: str = "constant"  # constant | warmup_cosine
+
+
+PRESETS: dict[str, Preset] = {
+    "best": Preset(
+        "best", epochs=18, batch_size=128, optimizer="adam", learning_rate=3e-3,
+        stop="early_stopping", monitor="val_loss", patience=4, schedule="warmup_cosine",
+    ),
+    "seed-000": Preset(
+        "seed_000", epochs=10, batch_size=32, optimizer="adam", learning_rate=1e-3,
+        stop="threshold", monitor="accuracy", threshold=0.995,
+    ),
+    "seed-002": Preset(
+        "seed_002", epochs=5, batch_size=64, optimizer="adam", learning_rate=1e-3,
+        stop="none", one_hot_labels=True,
+    ),
+    "seed-003": Preset(
+        "seed_003", epochs=10, batch_size=32, optimizer="rmsprop", learning_rate=1e-3,
+        stop="threshold", monitor="accuracy", threshold=0.96,
+    ),
+    "seed-004": Preset(
+        "seed_004", epochs=10, batch_size=128, optimizer="adam", learning_rate=1e-3,
+        stop="early_stopping", monitor="val_loss", patience=3,
+    ),
+}
