@@ -8,7 +8,7 @@ ARGS ?=
 MANUAL_DIR ?=
 OFFLINE := $(if $(MANUAL_DIR),--set ingest.manual_dir=$(MANUAL_DIR))
 
-.PHONY: help install pipeline component test models bench-models bench-user-images clean
+.PHONY: help install pipeline component test models bench-models bench-train bench-user-images clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -39,6 +39,9 @@ clean: ## remove run output (artifacts/) but keep the environment
 
 bench-models: install ## train every preset on full MNIST; table + artifacts/benchmarks/models/models.json
 	$(PY) -m benchmarks.models $(OFFLINE) $(ARGS)
+
+bench-train: install ## training speed on full MNIST vs model.fit on NumPy: make bench-train [ARGS='--presets best --epochs 3']
+	$(PY) -m benchmarks.train $(OFFLINE) $(ARGS)
 
 bench-user-images: install ## accuracy of the served model on test digits re-rendered as users' photos
 	$(PY) -m benchmarks.user_images $(ARGS)

@@ -10,9 +10,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-from datetime import datetime, timezone
 from pathlib import Path
+
+from benchmarks.report import print_table, write_json
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -43,27 +43,10 @@ def main(argv: list[str] | None = None) -> int:
             "train_seconds": training["train_seconds"], "test_accuracy": metrics["accuracy"],
             "test_loss": round(metrics["loss"], 4), "run": run_dir.name,
         })
-        print_table(rows)
+        print_table(rows, COLUMNS)
 
-    out = args.artifacts / "models.json"
-    out.write_text(json.dumps({
-        "benchmark": "models", "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine()},
-        "overrides": args.overrides, "rows": rows,
-    }, indent=2))
-    print(f"\nwritten: {out}")
+    write_json(args.artifacts / "models.json", "models", overrides=args.overrides, rows=rows)
     return 0
-
-
-def print_table(rows: list[dict]) -> None:
-    widths = {c: max(len(c), *(len(_cell(r[c])) for r in rows)) for c in COLUMNS}
-    print("\n" + "  ".join(c.ljust(widths[c]) for c in COLUMNS))
-    for row in rows:
-        print("  ".join(_cell(row[c]).ljust(widths[c]) for c in COLUMNS))
-
-
-def _cell(value) -> str:
-    return f"{value:.4f}" if isinstance(value, float) and value < 1 else str(value)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
+import os
 import time
 from pathlib import Path
 
@@ -23,6 +25,9 @@ from components.preprocess import FEATURES
 from components.transform import NUM_CLASSES
 
 log = logging.getLogger(__name__)
+CORES = len(os.sched_getaffinity(0))
+PREFETCH_BATCHES = 4
+VALIDATION_BATCH = 1024
 
 
 class StopAtThreshold(keras.callbacks.Callback):
@@ -48,14 +53,23 @@ class StopAtThreshold(keras.callbacks.Callback):
 
 
 class EpochLog(keras.callbacks.Callback):
-    """One log line per epoch, so unattended runs keep their progress in the run log."""
+    """One log line per epoch, so unattended runs keep their progress in the run log, and
+    each epoch's wall and process CPU seconds, so an idle core shows up in training.json."""
+
+    def __init__(self):
+        super().__init__()
+        self.timings: list[dict] = []
 
     def on_epoch_begin(self, epoch, logs=None):
-        self._started = time.perf_counter()
+        self._started, self._cpu_started = time.perf_counter(), time.process_time()
 
     def on_epoch_end(self, epoch, logs=None):
+        seconds = time.perf_counter() - self._started
+        cpu_seconds = time.process_time() - self._cpu_started
+        self.timings.append({"epoch": epoch + 1, "seconds": round(seconds, 3), "cpu_seconds": round(cpu_seconds, 3)})
         metrics = " ".join(f"{k}={v:.4f}" for k, v in sorted((logs or {}).items()) if k != "learning_rate")
-        log.info("epoch %d/%d %s (%.1fs)", epoch + 1, self.params["epochs"], metrics, time.perf_counter() - self._started)
+        log.info("epoch %d/%d %s (%.1fs, CPU %.0f%% of %d cores)", epoch + 1, self.params["epochs"], metrics, seconds,
+                 100 * cpu_seconds / seconds / CORES, CORES)
 
 
 def resolve_settings(preset: str, **overrides) -> Preset:
@@ -103,16 +117,30 @@ def read_split(transformed: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     return images[order], labels[order]
 
 
-def load_split(transformed: Path, split: str, batch_size: int, *, one_hot: bool = False,
-               shuffle_seed: int | None = None) -> tf.data.Dataset:
-    """A split as batches of (image, label); shuffled afresh each epoch when given a seed."""
-    images, labels = read_split(transformed, split)
-    if one_hot:
-        labels = keras.utils.to_categorical(labels, NUM_CLASSES)
+def batches(images: np.ndarray, labels: np.ndarray, batch_size: int, *,
+            shuffle_seed: int | None = None) -> tuple[tf.data.Dataset, int]:
+    """Endless batches of (image, label), and how many of them make one epoch.
+
+    Each epoch is exactly one pass over the examples (batched before the repeat), in a
+    new order drawn from the seed when there is one. One iterator serves every epoch
+    (Keras keeps it when given steps per epoch), and tf.data's autotuning is off: the
+    destructor of a finished iterator waited on the autotuning thread for up to as long
+    as the epoch had lasted, leaving both cores idle at the boundary (half of some epochs).
+    This pipeline only copies arrays already in memory, so a fixed prefetch is enough.
+    """
     ds = tf.data.Dataset.from_tensor_slices((images, labels))
     if shuffle_seed is not None:
         ds = ds.shuffle(len(images), seed=shuffle_seed, reshuffle_each_iteration=True)
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    ds = ds.batch(batch_size).repeat().prefetch(PREFETCH_BATCHES).with_options(options)
+    return ds, math.ceil(len(images) / batch_size)
+
+
+def read_xy(transformed: Path, split: str, *, one_hot: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """`read_split`, with labels one-hot encoded when the preset's loss wants them so."""
+    images, labels = read_split(transformed, split)
+    return images, keras.utils.to_categorical(labels, NUM_CLASSES) if one_hot else labels
 
 
 def _optimizer(settings: Preset, steps_per_epoch: int) -> keras.optimizers.Optimizer:
@@ -128,6 +156,17 @@ def _optimizer(settings: Preset, steps_per_epoch: int) -> keras.optimizers.Optim
     ](learning_rate=lr)
 
 
+def compiled_model(settings: Preset, steps_per_epoch: int) -> keras.Model:
+    """A fresh network of the preset, compiled with its optimizer, schedule and loss."""
+    net = models.build(settings.architecture)
+    net.compile(
+        optimizer=_optimizer(settings, steps_per_epoch),
+        loss="categorical_crossentropy" if settings.one_hot_labels else "sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    return net
+
+
 def train(transformed: Path, model: Path, *, preset: str = "best", seed: int = 42, **overrides) -> dict:
     """Train preset `preset` on `transformed` and save it into `model`; return training.json.
 
@@ -137,25 +176,24 @@ def train(transformed: Path, model: Path, *, preset: str = "best", seed: int = 4
     settings = resolve_settings(preset, **overrides)
     transformed, model_dir = Path(transformed), Path(model)
     keras.utils.set_random_seed(seed)
-    train_ds = load_split(transformed, "train", settings.batch_size, one_hot=settings.one_hot_labels, shuffle_seed=seed)
-    val_ds = load_split(transformed, "validation", 1024, one_hot=settings.one_hot_labels)
+    images, labels = read_xy(transformed, "train", one_hot=settings.one_hot_labels)
+    train_ds, steps_per_epoch = batches(images, labels, settings.batch_size, shuffle_seed=seed)
+    val_ds, validation_steps = batches(*read_xy(transformed, "validation", one_hot=settings.one_hot_labels),
+                                       VALIDATION_BATCH)
 
-    net = models.build(settings.architecture)
-    net.compile(
-        optimizer=_optimizer(settings, steps_per_epoch=len(train_ds)),
-        loss="categorical_crossentropy" if settings.one_hot_labels else "sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-    )
+    net = compiled_model(settings, steps_per_epoch)
     stopper = stop_callback(settings)
-    callbacks = [EpochLog(), keras.callbacks.TensorBoard(log_dir=str(model_dir / "logs"))] + ([stopper] if stopper else [])
+    epoch_log = EpochLog()
+    callbacks = [epoch_log, keras.callbacks.TensorBoard(log_dir=str(model_dir / "logs"))] + ([stopper] if stopper else [])
 
     model_dir.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     history = net.fit(
         train_ds, validation_data=val_ds, epochs=settings.epochs, callbacks=callbacks, verbose=0,
+        steps_per_epoch=steps_per_epoch, validation_steps=validation_steps,
         shuffle=False,  # tf.data already shuffles, reproducibly, with the run's seed
     )
-    train_seconds = time.perf_counter() - started
+    train_seconds, train_cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
     epochs_run = len(history.epoch)
 
     reason = _stop_reason(stopper, settings, epochs_run)
@@ -169,6 +207,9 @@ def train(transformed: Path, model: Path, *, preset: str = "best", seed: int = 4
         "epochs_run": epochs_run,
         "stop_reason": reason,
         "train_seconds": round(train_seconds, 2),
+        "train_cpu_seconds": round(train_cpu_seconds, 2),
+        "train_examples": len(images),
+        "epoch_timings": epoch_log.timings,
         "final_metrics": {k: float(vs[-1]) for k, vs in history.history.items()},
     }
     (model_dir / "training.json").write_text(json.dumps(record, indent=2))

@@ -8,7 +8,7 @@ from components.models import build
 from components.presets import PRESETS
 from components.preprocess import preprocess
 from components.ingest import ingest
-from components.train import StopAtThreshold, resolve_settings, stop_callback, train
+from components.train import StopAtThreshold, batches, resolve_settings, stop_callback, train
 
 LAYERS = {  # the layer types each seed describes, in order (Input not counted)
     "seed-000": ["Conv2D", "MaxPooling2D", "Flatten", "Dense", "Dense"],
@@ -126,3 +126,26 @@ def test_early_stopping_ends_training_on_a_plateau(tmp_path, transformed):
     assert record["epochs_run"] == 2
     assert record["stop_reason"] == (
         "early stopping: val_accuracy did not improve for 1 epoch(s); restored the weights of epoch 1")
+
+
+def _epochs_of(dataset, steps_per_epoch: int, epochs: int) -> list[np.ndarray]:
+    """The labels of `epochs` epochs, read through one iterator as Keras does."""
+    iterator = iter(dataset)
+    return [np.concatenate([next(iterator)[1].numpy() for _ in range(steps_per_epoch)]) for _ in range(epochs)]
+
+
+def test_every_example_is_seen_exactly_once_per_epoch_in_a_new_order():
+    n = 1000  # 7 full batches of 128 and one of 104
+    images, ids = np.arange(n, dtype=np.float32).reshape(n, 1), np.arange(n)
+    dataset, steps = batches(images, ids, 128, shuffle_seed=3)
+    assert steps == 8
+    epochs = _epochs_of(dataset, steps, 3)
+    for seen in epochs:
+        np.testing.assert_array_equal(np.sort(seen), ids)  # all of them, none twice
+    assert not np.array_equal(epochs[0], epochs[1]) and not np.array_equal(epochs[1], epochs[2])
+    again = _epochs_of(batches(images, ids, 128, shuffle_seed=3)[0], steps, 3)
+    assert all(np.array_equal(a, b) for a, b in zip(epochs, again))  # the seed fixes every epoch's order
+    other = _epochs_of(batches(images, ids, 128, shuffle_seed=4)[0], steps, 1)
+    assert not np.array_equal(other[0], epochs[0])
+    in_order = _epochs_of(batches(images, ids, 128)[0], steps, 2)  # validation: unshuffled, whole, repeated
+    assert all(np.array_equal(seen, ids) for seen in in_order)

@@ -5,7 +5,7 @@ import tensorflow as tf
 
 from components.ingest import ingest, read_examples
 from components.preprocess import assign_split, preprocess
-from components.train import load_split
+from components.train import read_split
 from components.transform import scale_pixels
 
 
@@ -42,11 +42,7 @@ def test_preprocess_splits_scales_and_counts(tmp_path, mirror, tfds_dir):
     assert len(_shards(tmp_path / "t1", "train")) == 3
     for split in ("train", "validation"):
         assert sum(stats[split]["class_histogram"].values()) == stats[split]["count"]
-        images, labels = [], []
-        for x, y in load_split(tmp_path / "t1", split, 256).unbatch().as_numpy_iterator():
-            images.append(x)
-            labels.append(y)
-        images = np.stack(images)
+        images, labels = read_split(tmp_path / "t1", split)
         assert images.shape == (stats[split]["count"], 28, 28, 1)
         assert images.min() >= 0.0 and images.max() <= 1.0
         assert np.isclose(images.mean(), stats[split]["pixel_mean"], atol=1e-6)

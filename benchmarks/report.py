@@ -1,0 +1,49 @@
+"""What every benchmark prints and writes: a plain-text table, and JSON naming the machine."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+from datetime import datetime, timezone
+from pathlib import Path
+
+
+def cpu_model() -> str:
+    """The CPU's marketing name: timings differ 2x between the models this team's machines get."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine() -> dict:
+    return {"cpu": cpu_model(), "cores": len(os.sched_getaffinity(0)), "python": platform.python_version()}
+
+
+def print_table(rows: list[dict], columns: tuple[str, ...], title: str = "") -> None:
+    if title:
+        print(f"\n{title}")
+    widths = {c: max(len(c), *(len(cell(r.get(c, ""))) for r in rows)) for c in columns}
+    print("  ".join(c.ljust(widths[c]) for c in columns))
+    for row in rows:
+        print("  ".join(cell(row.get(c, "")).ljust(widths[c]) for c in columns))
+
+
+def cell(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) < 1 else f"{value:.3f}" if abs(value) < 10 else f"{value:.1f}"
+    return str(value)
+
+
+def write_json(path: Path, benchmark: str, **content) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({
+        "benchmark": benchmark, "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine(), **content,
+    }, indent=2))
+    print(f"\nwritten: {path}")
+    return path
