@@ -56,9 +56,10 @@ class EpochLog(keras.callbacks.Callback):
     """One log line per epoch, so unattended runs keep their progress in the run log, and
     each epoch's wall and process CPU seconds, so an idle core shows up in training.json."""
 
-    def __init__(self):
+    def __init__(self, backup: "Backup | None" = None):
         super().__init__()
-        self.timings: list[dict] = []
+        self.backup = backup
+        self.timings: list[dict] = backup.timings if backup else []
 
     def on_epoch_begin(self, epoch, logs=None):
         self._started, self._cpu_started = time.perf_counter(), time.process_time()
@@ -66,7 +67,11 @@ class EpochLog(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         seconds = time.perf_counter() - self._started
         cpu_seconds = time.process_time() - self._cpu_started
-        self.timings.append({"epoch": epoch + 1, "seconds": round(seconds, 3), "cpu_seconds": round(cpu_seconds, 3)})
+        timing = {"epoch": epoch + 1, "seconds": round(seconds, 3), "cpu_seconds": round(cpu_seconds, 3)}
+        if self.backup:
+            self.backup.record(logs or {}, timing)  # appends to the same list of timings
+        else:
+            self.timings.append(timing)
         metrics = " ".join(f"{k}={v:.4f}" for k, v in sorted((logs or {}).items()) if k != "learning_rate")
         log.info("epoch %d/%d %s (%.1fs, CPU %.0f%% of %d cores)", epoch + 1, self.params["epochs"], metrics, seconds,
                  100 * cpu_seconds / seconds / CORES, CORES)
@@ -167,11 +172,42 @@ def compiled_model(settings: Preset, steps_per_epoch: int) -> keras.Model:
     return net
 
 
-def train(transformed: Path, model: Path, *, preset: str = "best", seed: int = 42, **overrides) -> dict:
+class Backup(keras.callbacks.BackupAndRestore):
+    """Keras' per-epoch backup (weights, optimizer state, epoch), plus the metrics and
+    timings of the epochs already run, so a resumed training reports all of them."""
+
+    def __init__(self, backup_dir: Path):
+        super().__init__(str(backup_dir), double_checkpoint=True)  # a kill mid-save falls back one epoch
+        self.done = Path(backup_dir) / "epochs_done.json"
+        state = json.loads(self.done.read_text()) if self.done.is_file() else {}
+        # The epoch to resume at: Keras' own record, since its weights are what gets restored.
+        metadata = Path(backup_dir) / "training_metadata.json"
+        self.resumed_at = json.loads(metadata.read_text())["epoch"] if metadata.is_file() else 0
+        self.history = {k: v[: self.resumed_at] for k, v in state.get("history", {}).items()}
+        self.timings = state.get("timings", [])[: self.resumed_at]
+
+    def record(self, logs: dict, timing: dict) -> None:
+        for key, value in logs.items():
+            self.history.setdefault(key, []).append(float(value))
+        self.timings.append(timing)
+        Path(self.backup_dir).mkdir(parents=True, exist_ok=True)
+        scratch = self.done.with_suffix(".tmp")
+        scratch.write_text(json.dumps({"history": self.history, "timings": self.timings}))
+        os.replace(scratch, self.done)
+
+    def on_train_end(self, logs=None):
+        super().on_train_end(logs)  # deletes Keras' files once training has finished
+        self.done.unlink(missing_ok=True)
+
+
+def train(transformed: Path, model: Path, *, preset: str = "best", seed: int = 42,
+          backup_dir: Path | None = None, **overrides) -> dict:
     """Train preset `preset` on `transformed` and save it into `model`; return training.json.
 
     `overrides` are the preset fields (epochs, batch_size, optimizer, learning_rate,
-    stop, monitor, threshold, patience); None keeps the preset's value.
+    stop, monitor, threshold, patience); None keeps the preset's value. With `backup_dir`,
+    every finished epoch is backed up there, and a training killed and started again
+    with the same backup_dir resumes after the last finished epoch.
     """
     settings = resolve_settings(preset, **overrides)
     transformed, model_dir = Path(transformed), Path(model)
@@ -183,23 +219,31 @@ def train(transformed: Path, model: Path, *, preset: str = "best", seed: int = 4
 
     net = compiled_model(settings, steps_per_epoch)
     stopper = stop_callback(settings)
-    epoch_log = EpochLog()
-    callbacks = [epoch_log, keras.callbacks.TensorBoard(log_dir=str(model_dir / "logs"))] + ([stopper] if stopper else [])
+    backup = Backup(backup_dir) if backup_dir else None
+    resumed_at = backup.resumed_at if backup else 0
+    if resumed_at:
+        log.info("resuming training after epoch %d from the backup in %s", resumed_at, backup_dir)
+        # The epochs already run drew their shuffles from the same seeded sequence: skip them.
+        train_ds = train_ds.skip(resumed_at * steps_per_epoch)
+    epoch_log = EpochLog(backup)
+    callbacks = [epoch_log, keras.callbacks.TensorBoard(log_dir=str(model_dir / "logs"))] + [
+        c for c in (backup, stopper) if c]
 
     model_dir.mkdir(parents=True, exist_ok=True)
     started, cpu_started = time.perf_counter(), time.process_time()
-    history = net.fit(
+    fit = net.fit(
         train_ds, validation_data=val_ds, epochs=settings.epochs, callbacks=callbacks, verbose=0,
         steps_per_epoch=steps_per_epoch, validation_steps=validation_steps,
         shuffle=False,  # tf.data already shuffles, reproducibly, with the run's seed
     )
     train_seconds, train_cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
-    epochs_run = len(history.epoch)
+    history = backup.history if backup else fit.history  # with a backup: the epochs before a resume too
+    epochs_run = len(epoch_log.timings)
 
     reason = _stop_reason(stopper, settings, epochs_run)
     log.info("training stopped after %d epoch(s): %s", epochs_run, reason)
     net.save(model_dir / "model.keras")
-    (model_dir / "history.json").write_text(json.dumps({k: [float(v) for v in vs] for k, vs in history.history.items()}, indent=2))
+    (model_dir / "history.json").write_text(json.dumps({k: [float(v) for v in vs] for k, vs in history.items()}, indent=2))
     record = {
         "preset": preset,
         "settings": {k: v for k, v in dataclasses.asdict(settings).items()},
@@ -210,7 +254,8 @@ def train(transformed: Path, model: Path, *, preset: str = "best", seed: int = 4
         "train_cpu_seconds": round(train_cpu_seconds, 2),
         "train_examples": len(images),
         "epoch_timings": epoch_log.timings,
-        "final_metrics": {k: float(vs[-1]) for k, vs in history.history.items()},
+        "resumed_after_epoch": resumed_at,
+        "final_metrics": {k: float(vs[-1]) for k, vs in history.items()},
     }
     (model_dir / "training.json").write_text(json.dumps(record, indent=2))
     return record
