@@ -1,0 +1,123 @@
+"""Retention (`python -m pipeline gc`, and the end of every nightly): what may be deleted.
+
+Kept, always:
+- the last `retention.keep_runs` runs;
+- every run behind a kept served version (its push record names the run);
+- every run whose artifacts a kept run uses, through the cache or as an upstream input,
+  followed transitively, so no kept manifest ever points at a deleted artifact;
+- the last `retention.keep_versions` served versions, and whatever the count, the
+  current one and the one it replaced (the default rollback target).
+Swept: scratch left by killed processes (`.<component>-*` in runs, `.staging-*` in the
+serving base), and training backups whose training has since finished.
+`plan()` decides from the files alone; `apply()` deletes, each directory renamed to a
+dot-name first so that no reader (TF Serving included) ever sees half of one.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline.store import MANIFEST, RUN_RECORD
+
+log = logging.getLogger("pipeline")
+
+
+@dataclass
+class Plan:
+    runs: list[Path] = field(default_factory=list)
+    versions: list[Path] = field(default_factory=list)
+    scratch: list[Path] = field(default_factory=list)
+
+    def paths(self) -> list[Path]:
+        return [*self.runs, *self.versions, *self.scratch]
+
+
+def _json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _run_ids_in(record, runs_dir: Path) -> set[str]:
+    """Run ids of every artifact path mentioned anywhere in a run record or manifest."""
+    found: set[str] = set()
+    if isinstance(record, dict):
+        for value in record.values():
+            found |= _run_ids_in(value, runs_dir)
+    elif isinstance(record, list):
+        for value in record:
+            found |= _run_ids_in(value, runs_dir)
+    elif isinstance(record, str) and "runs" in Path(record).parts:
+        parts = Path(record).parts
+        i = len(parts) - 1 - parts[::-1].index("runs")
+        if i + 1 < len(parts) and (runs_dir / parts[i + 1]).is_dir():
+            found.add(parts[i + 1])
+    return found
+
+
+def _uses(run_dir: Path) -> set[str]:
+    """The runs whose artifacts this run reads: inputs in its manifests, reuse in its record."""
+    used = _run_ids_in(_json(run_dir / RUN_RECORD).get("components", {}), run_dir.parent)
+    for manifest in run_dir.glob(f"*/{MANIFEST}"):
+        used |= _run_ids_in(_json(manifest).get("inputs", {}), run_dir.parent)
+    return used - {run_dir.name}
+
+
+def plan(artifacts: Path, model_base: Path, keep_runs: int, keep_versions: int,
+         active: set[str] = frozenset()) -> Plan:
+    """What retention would delete; `active` names runs in progress, never touched."""
+    from components import serving
+
+    runs_dir = Path(artifacts) / "runs"
+    run_dirs = sorted(p for p in runs_dir.iterdir() if p.is_dir() and not p.name.startswith(".")) if runs_dir.is_dir() else []
+    versions = serving.versions(model_base)
+    current = versions[-1] if versions else None
+    protected = {current, serving.read_push_record(model_base, current).get("replaces") if current else None}
+    kept_versions = set(versions[-keep_versions:] if keep_versions > 0 else []) | (protected - {None})
+
+    keep = {p.name for p in run_dirs[-keep_runs:]} if keep_runs > 0 else set()
+    keep |= set(active)
+    keep |= {serving.read_push_record(model_base, v).get("run") for v in kept_versions} - {None}
+    todo = list(keep)
+    while todo:  # everything a kept run uses is kept, transitively
+        name = todo.pop()
+        if (runs_dir / name).is_dir():
+            for used in _uses(runs_dir / name) - keep:
+                keep.add(used)
+                todo.append(used)
+
+    result = Plan(
+        runs=[p for p in run_dirs if p.name not in keep],
+        versions=[Path(model_base) / str(v) for v in versions if v not in kept_versions],
+    )
+    for run_dir in run_dirs:
+        if run_dir.name not in active:
+            result.scratch += [p for p in run_dir.iterdir() if p.name.startswith(".") and p.is_dir()]
+    if Path(model_base).is_dir():
+        result.scratch += sorted(Path(model_base).glob(".staging-*"))
+    result.scratch += _finished_backups(Path(artifacts), runs_dir)
+    return result
+
+
+def _finished_backups(artifacts: Path, runs_dir: Path) -> list[Path]:
+    """Training backups (named by the training's fingerprint) whose training has succeeded since."""
+    backups = artifacts / "backups"
+    if not backups.is_dir():
+        return []
+    trained = {_json(m).get("fingerprint") for m in runs_dir.glob(f"*/train/{MANIFEST}")}
+    return [p for p in sorted(backups.iterdir()) if p.name in trained]
+
+
+def apply(found: Plan) -> None:
+    for path in found.paths():
+        doomed = path.with_name(f".deleting-{path.name}")
+        try:
+            path.rename(doomed)  # gone for every reader at once; the rest may take a while
+        except OSError:
+            doomed = path
+        shutil.rmtree(doomed, ignore_errors=True)
+        log.info("gc: deleted %s", path)

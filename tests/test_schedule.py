@@ -1,0 +1,48 @@
+"""The nightly schedule as cron and systemd see it: this checkout's paths, a run missed while off still runs."""
+import sys
+
+import pytest
+
+from conftest import REPO
+from pipeline import schedule
+
+
+def test_crontab_line_and_systemd_units_run_this_checkouts_nightly(tmp_path):
+    files = schedule.schedule_files(REPO, tmp_path / "art", at="03:05", overrides=["ingest.train_split=train[:10%]"])
+    command = f"{sys.executable} -m pipeline --artifacts {tmp_path / 'art'} nightly --set 'ingest.train_split=train[:10%]'"
+    cron = files["crontab"]
+    assert cron.startswith(f"5 3 * * * cd {REPO} && ")
+    assert command.replace("%", r"\%") in cron  # a bare % would end cron's command
+    assert f">> {tmp_path / 'art' / 'nightly.log'} 2>&1" in cron
+    service, timer = files[f"{schedule.UNIT}.service"], files[f"{schedule.UNIT}.timer"]
+    assert f"WorkingDirectory={REPO}\n" in service and f"ExecStart={command}\n" in service
+    assert "OnCalendar=*-*-* 03:05:00\n" in timer and "Persistent=true\n" in timer
+
+
+def test_install_systemd_writes_the_user_units(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    files = schedule.schedule_files(REPO, tmp_path / "art")
+    where = schedule.install_systemd(files)
+    units = tmp_path / "systemd" / "user"
+    assert where == str(units)
+    assert sorted(p.name for p in units.iterdir()) == [f"{schedule.UNIT}.service", f"{schedule.UNIT}.timer"]
+    assert (units / f"{schedule.UNIT}.timer").read_text() == files[f"{schedule.UNIT}.timer"]
+
+
+def test_install_cron_replaces_this_checkouts_entry_and_keeps_the_others(tmp_path, monkeypatch):
+    # A stand-in `crontab` that keeps the table in a file, as the real one keeps it in the spool.
+    table, fake = tmp_path / "table", tmp_path / "bin" / "crontab"
+    fake.parent.mkdir()
+    fake.write_text(f'#!/bin/sh\nif [ "$1" = -l ]; then cat {table} 2>/dev/null || exit 1; else cat > {table}; fi\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:/usr/bin:/bin")
+    table.write_text("0 1 * * * backup.sh\n")
+    for at in ("02:30", "04:00"):
+        schedule.install_cron(schedule.schedule_files(REPO, tmp_path / "art", at=at)["crontab"], REPO)
+    lines = table.read_text().splitlines()
+    assert lines[0] == "0 1 * * * backup.sh" and len(lines) == 2 and lines[1].startswith("0 4 * * * ")
+
+
+def test_a_bad_time_is_refused():
+    with pytest.raises(ValueError, match="write HH:MM"):
+        schedule.schedule_files(REPO, "art", at="25:00")
