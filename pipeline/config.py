@@ -66,6 +66,11 @@ class Export(_Section):
     verify_examples: int = Field(ge=1)
 
 
+class Retention(_Section):
+    keep_runs: int = Field(ge=1)
+    keep_versions: int = Field(ge=1)
+
+
 class Config(_Section):
     seed: int
     ingest: Ingest
@@ -73,6 +78,7 @@ class Config(_Section):
     train: Train
     evaluate: Evaluate
     export: Export
+    retention: Retention
 
 
 def _apply_override(tree: dict, assignment: str) -> None:
