@@ -1,4 +1,4 @@
-"""Command line: `python -m pipeline {run,models,rollback,predict,presets} ...`; see --help."""
+"""Command line: `python -m pipeline {run,nightly,models,rollback,predict,presets,gc,schedule} ...`; see --help."""
 from __future__ import annotations
 
 import argparse
@@ -30,6 +30,16 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", parents=[configured], help="run the pipeline, or one component of it")
     run.add_argument("component", nargs="?", choices=list(STEPS), help="run only this component, on the latest upstream artifacts")
 
+    sub.add_parser("nightly", parents=[configured],
+                   help="the scheduled retrain: lock, run (cached), push if blessed, retention, summary")
+    gc = sub.add_parser("gc", parents=[configured], help="delete old runs, versions and scratch per `retention`")
+    gc.add_argument("--dry-run", action="store_true", help="only list what would be deleted")
+    schedule = sub.add_parser("schedule", parents=[configured], help="run the nightly every night: cron or systemd")
+    what = schedule.add_mutually_exclusive_group(required=True)
+    what.add_argument("--print", action="store_true", help="print the crontab line and the systemd units")
+    what.add_argument("--install", choices=["cron", "systemd"], help="write the user crontab entry or unit files")
+    schedule.add_argument("--at", default="02:30", help="time of day, HH:MM (default 02:30)")
+
     sub.add_parser("models", parents=[configured], help="list the served model versions")
     rollback = sub.add_parser("rollback", parents=[configured], help="serve an earlier version again")
     rollback.add_argument("version", nargs="?", type=int, help="default: the version the current one replaced")
@@ -44,12 +54,16 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pipeline.nightly import EX_TEMPFAIL, NightlyBusy
     from pipeline.runner import configure_logging
 
     args = _parser().parse_args(argv)
     configure_logging()
     try:
         return COMMANDS[args.command](args)
+    except NightlyBusy as busy:  # not a failure: cron and systemd retry EX_TEMPFAIL later
+        print(f"error: {busy}", file=sys.stderr)
+        return EX_TEMPFAIL
     except Exception as err:  # one line for the operator; --debug for the traceback
         if args.debug:
             log.exception("failed")
@@ -73,10 +87,49 @@ def _run(args) -> int:
 
 def _model_base(args) -> Path:
     from pipeline.config import load_config
-    from pipeline.runner import serving_root
+    from pipeline.runner import model_base
+
+    return model_base(load_config(args.overrides), args.artifacts)
+
+
+def _nightly(args) -> int:
+    from pipeline.config import load_config
+    from pipeline.nightly import nightly
+
+    return nightly(load_config(args.overrides), args.artifacts)[0]
+
+
+def _gc(args) -> int:
+    from pipeline import retention
+    from pipeline.config import load_config
+    from pipeline.nightly import exclusive
 
     cfg = load_config(args.overrides)
-    return serving_root(cfg, args.artifacts) / cfg.export.model_name
+    with exclusive(args.artifacts):  # never while a nightly is running
+        found = retention.plan(args.artifacts, _model_base(args), cfg.retention.keep_runs, cfg.retention.keep_versions)
+        for path in found.paths():
+            print(f"{'would delete' if args.dry_run else 'deleting'} {path}")
+        if not args.dry_run:
+            retention.apply(found)
+    print(f"{len(found.paths())} to delete" if args.dry_run else f"{len(found.paths())} deleted")
+    return 0
+
+
+def _schedule(args) -> int:
+    from pipeline import schedule
+
+    files = schedule.schedule_files(Path.cwd(), args.artifacts, args.at, args.overrides)
+    if args.print:
+        for name, text in files.items():
+            print(f"# --- {name}\n{text}")
+        return 0
+    if args.install == "cron":
+        print(f"installed in the {schedule.install_cron(files['crontab'], Path.cwd())}: {files['crontab']}", end="")
+    else:
+        where = schedule.install_systemd(files)
+        print(f"wrote {schedule.UNIT}.service and .timer to {where}; "
+              f"start it with: systemctl --user daemon-reload && systemctl --user enable --now {schedule.UNIT}.timer")
+    return 0
 
 
 def _models(args) -> int:
@@ -123,7 +176,7 @@ def _presets(args) -> int:
     return 0
 
 
-COMMANDS = {"run": _run, "models": _models, "rollback": _rollback, "predict": _predict, "presets": _presets}
+COMMANDS = {"run": _run, "nightly": _nightly, "gc": _gc, "schedule": _schedule, "models": _models, "rollback": _rollback, "predict": _predict, "presets": _presets}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -80,6 +80,11 @@ def serving_root(cfg: Config, artifacts: Path) -> Path:
     return Path(cfg.export.serving_root) if cfg.export.serving_root else Path(artifacts) / "serving"
 
 
+def model_base(cfg: Config, artifacts: Path) -> Path:
+    """Where this model's versions are served: `<serving root>/<model name>`."""
+    return serving_root(cfg, artifacts) / cfg.export.model_name
+
+
 def run(cfg: Config, artifacts: Path, components: list[str] | None = None) -> Path:
     """Run `components` (default: all, in order) as one new run; return its directory."""
     store = ArtifactStore(artifacts)

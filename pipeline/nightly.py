@@ -1,0 +1,168 @@
+"""`python -m pipeline nightly`: the scheduled retrain nobody watches.
+
+One exclusive lock per artifacts root (an OS file lock, released when its process dies,
+however it dies); a second instance exits at once with EX_TEMPFAIL (75). The run itself
+is an ordinary pipeline run: the cache reuses every component whose inputs did not
+change, so a night with nothing new finishes in seconds, and a night after a killed one
+reuses what that one finished and resumes its training from the last backed-up epoch.
+Only a blessed model is pushed. Then retention runs, and the night is summed up in one
+line on stdout and in `nightly_summary.json` in the run directory. Exit 0 when the night
+worked (pushed or not), 1 when something broke: what cron and systemd alert on.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from filelock import FileLock, Timeout
+
+from pipeline.config import Config
+from pipeline.store import RUN_RECORD, write_json_atomic
+
+log = logging.getLogger("pipeline")
+EX_TEMPFAIL = 75
+SUMMARY = "nightly_summary.json"
+LOCK = "nightly.lock"  # in the artifacts root
+
+
+class NightlyBusy(RuntimeError):
+    """Another nightly holds the lock."""
+
+
+def nightly(cfg: Config, artifacts: Path) -> tuple[int, dict]:
+    """Run one night; return (exit status, summary)."""
+    from pipeline import retention
+    from pipeline.runner import model_base, run
+
+    artifacts = Path(artifacts)
+    with exclusive(artifacts):
+        started = time.perf_counter()
+        interrupted = _interrupted_run(artifacts)
+        if interrupted:
+            log.info("nightly: run %s was interrupted; its finished work is reused", interrupted)
+        error, run_dir = None, None
+        try:
+            run_dir = run(cfg, artifacts)
+        except Exception as err:  # the summary still gets written; the exit status says it broke
+            error = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            log.error("nightly: the run failed: %s", error)
+            run_dir = _newest_run(artifacts)
+        found = retention.plan(artifacts, model_base(cfg, artifacts), cfg.retention.keep_runs,
+                               cfg.retention.keep_versions, active={run_dir.name} if run_dir else set())
+        retention.apply(found)
+        summary = summarize(run_dir, error, interrupted, round(time.perf_counter() - started, 1), len(found.paths()))
+        if run_dir:
+            write_json_atomic(run_dir / SUMMARY, summary)
+        print(one_line(summary), flush=True)
+        return (1 if error else 0), summary
+
+
+@contextmanager
+def exclusive(artifacts: Path):
+    """Holds the artifacts root's nightly lock, or raises NightlyBusy at once."""
+    Path(artifacts).mkdir(parents=True, exist_ok=True)
+    lock = FileLock(Path(artifacts) / LOCK)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise NightlyBusy(f"another nightly is running on {artifacts} (it holds {lock.lock_file}); "
+                          f"this one exits, try again later") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _runs(artifacts: Path) -> list[Path]:
+    runs = artifacts / "runs"
+    return sorted(p for p in runs.iterdir() if (p / RUN_RECORD).is_file()) if runs.is_dir() else []
+
+
+def _newest_run(artifacts: Path) -> Path | None:
+    runs = _runs(artifacts)
+    return runs[-1] if runs else None
+
+
+def _interrupted_run(artifacts: Path) -> str | None:
+    """The newest run, if it never finished: with the lock held, no process of ours is running it."""
+    newest = _newest_run(artifacts)
+    if newest is None:
+        return None
+    record = json.loads((newest / RUN_RECORD).read_text())
+    return newest.name if record.get("status") not in ("succeeded", "failed") else None
+
+
+def _artifact(run_dir: Path, record: dict, component: str) -> Path | None:
+    """A component's output as this run used it: its own, or the one the cache reused."""
+    entry = record.get("components", {}).get(component, {})
+    path = Path(entry["reused"]) if entry.get("reused") else run_dir / component
+    return path if path.is_dir() else None
+
+
+def _read(path: Path | None, name: str) -> dict:
+    try:
+        return json.loads((path / name).read_text()) if path else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def summarize(run_dir: Path | None, error: str | None, interrupted: str | None, duration_s: float,
+              deleted: int) -> dict:
+    record = _read(run_dir, RUN_RECORD)
+    ingest = _read(_artifact(run_dir, record, "ingest"), "ingest.json") if run_dir else {}
+    training = _read(_artifact(run_dir, record, "train"), "training.json") if run_dir else {}
+    blessing = _read(_artifact(run_dir, record, "evaluate"), "blessing.json") if run_dir else {}
+    export = _read(_artifact(run_dir, record, "export"), "export.json") if run_dir else {}
+    extra = ingest.get("extra", {})
+    splits = ingest.get("splits", {})
+    resumed_epoch = training.get("resumed_after_epoch", 0) if interrupted else 0
+    if error:
+        pushed = f"not pushed: the run failed ({error})"
+    elif export.get("pushed"):
+        pushed = f"version {export['version']}"
+    elif export.get("not_pushed_because"):
+        pushed = "not pushed: " + "; ".join(export["not_pushed_because"])
+    else:
+        pushed = "not pushed: the model is already the one served"
+    return {
+        "run_id": run_dir.name if run_dir else None,
+        "status": "failed" if error else "succeeded",
+        "error": error,
+        "components": {name: c.get("status") for name, c in record.get("components", {}).items()},
+        "data": {
+            "train": splits.get("train", {}).get("count"),
+            "extra_images": extra.get("count", 0),
+            "test": splits.get("test", {}).get("count"),
+        },
+        "skipped_files": extra.get("skipped", []),
+        "test_accuracy": (blessing.get("candidate") or {}).get("accuracy"),
+        "baseline_accuracy": (blessing.get("baseline") or {}).get("accuracy"),
+        "pushed": export.get("version") if export.get("pushed") and not error else None,
+        "push_decision": pushed,
+        "resumed": {"from_run": interrupted, "training_resumed_after_epoch": resumed_epoch} if interrupted else None,
+        "duration_s": duration_s,
+        "gc_deleted": deleted,
+    }
+
+
+def one_line(summary: dict) -> str:
+    data = summary["data"]
+    parts = [
+        f"nightly {summary['status']}: run {summary['run_id']}",
+        f"train {data['train']} (extra {data['extra_images']}) test {data['test']}",
+        f"accuracy {_pct(summary['test_accuracy'])} vs served {_pct(summary['baseline_accuracy'])}",
+        summary["push_decision"],
+        f"{len(summary['skipped_files'])} bad file(s) skipped",
+        f"{summary['duration_s']}s",
+    ]
+    if summary["resumed"]:
+        parts.append(f"resumed run {summary['resumed']['from_run']} "
+                     f"(training after epoch {summary['resumed']['training_resumed_after_epoch']})")
+    return "; ".join(parts)
+
+
+def _pct(value) -> str:
+    return f"{value:.2%}" if isinstance(value, (int, float)) else "n/a"
