@@ -87,7 +87,7 @@ def rollback(model_base: Path, version: int | None = None) -> int:
     if version == current:
         raise ServingError(f"version {version} is already the one served")
     previous = read_push_record(base, version)
-    record = {k: previous[k] for k in ("run", "test_accuracy", "model_name") if k in previous}
+    record = {k: previous[k] for k in ("run", "model_fingerprint", "test_accuracy", "model_name") if k in previous}
     return push(base / str(version), base, {**record, "rollback_of": version})
 
 

@@ -15,7 +15,7 @@ log = logging.getLogger("pipeline")
 
 
 def _parser() -> argparse.ArgumentParser:
-    from pipeline.runner import STEPS
+    from pipeline.graph import STEPS
 
     parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__)
     parser.add_argument("--artifacts", type=Path, default=Path("artifacts"), help="artifacts root (default: artifacts/)")
@@ -28,7 +28,11 @@ def _parser() -> argparse.ArgumentParser:
                             help="override a configuration key, e.g. --set train.epochs=3 (repeatable)")
 
     run = sub.add_parser("run", parents=[configured], help="run the pipeline, or one component of it")
-    run.add_argument("component", nargs="?", choices=list(STEPS), help="run only this component, on the latest upstream artifacts")
+    run.add_argument("component", nargs="?", choices=list(STEPS),
+                     help="run only this component (always executes), on the latest upstream artifacts")
+    run.add_argument("--no-cache", action="store_true", help="execute every component, reusing nothing")
+    run.add_argument("--rerun", action="append", default=[], choices=list(STEPS), metavar="COMPONENT",
+                     help="execute this component and everything downstream of it (repeatable)")
 
     sub.add_parser("nightly", parents=[configured],
                    help="the scheduled retrain: lock, run (cached), push if blessed, retention, summary")
@@ -77,10 +81,8 @@ def _run(args) -> int:
     from pipeline.runner import run
 
     cfg = load_config(args.overrides)
-    import tensorflow_datasets as tfds
-
-    tfds.disable_progress_bar()  # progress bars garble unattended logs
-    run_dir = run(cfg, args.artifacts, [args.component] if args.component else None)
+    run_dir = run(cfg, args.artifacts, [args.component] if args.component else None,
+                  use_cache=not args.no_cache, rerun=args.rerun)
     print(run_dir)
     return 0
 

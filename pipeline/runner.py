@@ -1,79 +1,34 @@
-"""Runs components in order over the artifact store: which inputs, where outputs go, manifests."""
+"""Runs the step graph over the artifact store: inputs, cache decisions, outputs, manifests, run.json.
+
+Every step's fingerprint is computed before anything heavy is imported; a step whose
+fingerprint matches an earlier whole output is `cached` (that output is reused, not
+copied), and only the steps that must run import their component, and so TensorFlow,
+Beam or TFDS.
+"""
 from __future__ import annotations
 
-import hashlib
 import importlib
-import inspect
 import json
 import logging
-import platform
-import sys
 import time
-from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
-from typing import Callable
 
+import psutil
+
+from pipeline import cache
 from pipeline.config import Config
+from pipeline.fingerprint import code_digest, fingerprint, package_versions
+from pipeline.graph import STEPS, RunContext, Step, Upstream, downstream
 from pipeline.store import MANIFEST, ArtifactStore, now
 
 log = logging.getLogger("pipeline")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 LOGGERS = ("pipeline", "components")  # ours; library chatter stays out of run.log
-PACKAGES = ("tensorflow", "keras", "tensorflow-datasets", "apache-beam", "scikit-learn", "numpy")
+RESUMABLE = {"train": "backups"}  # steps that back up their progress, and where under the artifacts root
 
 
 class MissingInputError(RuntimeError):
     """A component's upstream artifact does not exist yet."""
-
-
-@dataclass(frozen=True)
-class Step:
-    name: str  # also its directory in a run
-    output: str  # the entry point's argument naming the output artifact
-    inputs: dict[str, str]  # entry-point argument -> upstream component
-    params: Callable[[Config, "RunContext"], dict]  # the rest of the entry point's arguments
-
-    @property
-    def module(self):
-        return importlib.import_module(f"components.{self.name}")
-
-
-@dataclass(frozen=True)
-class RunContext:
-    run_id: str
-    serving_root: Path
-
-
-def _baseline(ctx: RunContext, cfg: Config) -> str | None:
-    from components import serving
-
-    base = ctx.serving_root / cfg.export.model_name
-    version = serving.current_version(base)
-    return str(base / str(version)) if version is not None else None
-
-
-STEPS: dict[str, Step] = {
-    step.name: step
-    for step in (
-        Step("ingest", "examples", {}, lambda cfg, ctx: cfg.ingest.model_dump()),
-        Step("preprocess", "transformed", {"examples": "ingest"}, lambda cfg, ctx: cfg.preprocess.model_dump()),
-        Step("train", "model", {"transformed": "preprocess"}, lambda cfg, ctx: {**cfg.train.model_dump(), "seed": cfg.seed}),
-        Step(
-            "evaluate", "evaluation", {"model": "train", "examples": "ingest"},
-            lambda cfg, ctx: {**cfg.evaluate.model_dump(), "baseline": _baseline(ctx, cfg)},
-        ),
-        Step(
-            "export", "exported", {"model": "train", "evaluation": "evaluate", "examples": "ingest"},
-            lambda cfg, ctx: {
-                "serving_root": str(ctx.serving_root),
-                "model_name": cfg.export.model_name,
-                "verify_examples": cfg.export.verify_examples,
-                "push_record": {"run": ctx.run_id},
-            },
-        ),
-    )
-}
 
 
 def serving_root(cfg: Config, artifacts: Path) -> Path:
@@ -85,23 +40,32 @@ def model_base(cfg: Config, artifacts: Path) -> Path:
     return serving_root(cfg, artifacts) / cfg.export.model_name
 
 
-def run(cfg: Config, artifacts: Path, components: list[str] | None = None) -> Path:
-    """Run `components` (default: all, in order) as one new run; return its directory."""
+def run(cfg: Config, artifacts: Path, components: list[str] | None = None, *,
+        use_cache: bool = True, rerun: list[str] | tuple[str, ...] = ()) -> Path:
+    """Run `components` (default: all, in order) as one new run; return its directory.
+
+    Components named explicitly always execute; the others are reused from the cache when
+    their fingerprint matches, unless `use_cache` is off or they are in `rerun` or depend on it.
+    """
     store = ArtifactStore(artifacts)
-    names = list(STEPS) if not components else components
-    unknown = [n for n in names if n not in STEPS]
+    names = list(components) if components else list(STEPS)
+    unknown = [n for n in [*names, *rerun] if n not in STEPS]
     if unknown:
         raise ValueError(f"unknown component {unknown[0]!r}; choose one of {', '.join(STEPS)}")
     _check_inputs(store, names)
+    forced = set(components or ()) | downstream(rerun)
 
-    run_dir = store.new_run({"components_requested": names, "config": cfg.model_dump()})
+    me = psutil.Process()
+    run_dir = store.new_run({"components_requested": names, "config": cfg.model_dump(),
+                             "pid": me.pid, "process_started": me.create_time(), "status": "running"})
     handler = _log_to(run_dir / "run.log")
-    ctx = RunContext(run_dir.name, serving_root(cfg, artifacts))
+    ctx = RunContext(run_dir.name, Path(artifacts), model_base(cfg, artifacts))
     log.info("run %s started in %s", run_dir.name, run_dir)
-    produced: dict[str, Path] = {}
+    produced: dict[str, Upstream] = {}
     try:
         for name in names:
-            produced[name] = _run_step(store, run_dir, STEPS[name], cfg, ctx, produced)
+            produced[name] = _run_step(store, run_dir, STEPS[name], cfg, ctx, produced,
+                                       use_cache=use_cache and name not in forced)
         store.update_run(run_dir, status="succeeded", finished_at=now())
         log.info("run %s succeeded", run_dir.name)
     except BaseException as err:
@@ -134,34 +98,49 @@ def _check_inputs(store: ArtifactStore, names: list[str]) -> None:
         )
 
 
-def _run_step(store, run_dir: Path, step: Step, cfg: Config, ctx: RunContext, produced: dict) -> Path:
-    inputs = {
-        arg: produced[upstream] if upstream in produced else store.latest(upstream).path
-        for arg, upstream in step.inputs.items()
-    }
-    params = step.params(cfg, ctx)
-    input_fingerprints = {arg: _fingerprint_of(path) for arg, path in inputs.items()}
-    store.update_run(run_dir, step.name, status="running", started_at=now())
+def _upstream(store: ArtifactStore, component: str) -> Upstream:
+    latest = store.latest(component)
+    return Upstream(latest.path, latest.manifest["fingerprint"])
+
+
+def _run_step(store: ArtifactStore, run_dir: Path, step: Step, cfg: Config, ctx: RunContext,
+              produced: dict[str, Upstream], *, use_cache: bool) -> Upstream:
+    upstream = {arg: produced[up] if up in produced else _upstream(store, up) for arg, up in step.inputs.items()}
+    params = step.params(cfg, ctx, upstream)
+    key = step.key(cfg, ctx, upstream) if step.key else {k: v for k, v in params.items() if k not in step.volatile}
+    input_fingerprints = {arg: u.fingerprint for arg, u in upstream.items()}
+    fp = fingerprint(code_digest(step.module), key, input_fingerprints, package_versions())
+
+    hit = cache.find(store, step.name, fp) if use_cache else None
+    if hit:
+        store.update_run(run_dir, step.name, status="cached", reused=str(hit.path), from_run=hit.run_id, fingerprint=fp)
+        log.info("%s cached (from run %s)", step.name, hit.run_id)
+        return Upstream(hit.path, fp)
+
+    extra = {"backup_dir": Path(ctx.artifacts) / RESUMABLE[step.name] / fp} if step.name in RESUMABLE else {}
+    store.update_run(run_dir, step.name, status="running", started_at=now(), fingerprint=fp)
     log.info("%s started", step.name)
     started, started_at = time.perf_counter(), now()
     try:
         with store.staging(run_dir, step.name) as scratch:
-            entry_point = getattr(step.module, step.name)
-            result = entry_point(**{k: Path(v) for k, v in inputs.items()}, **{step.output: scratch}, **params)
+            entry_point = getattr(importlib.import_module(step.module), step.name)
+            result = entry_point(**{arg: u.path for arg, u in upstream.items()}, **{step.output: scratch},
+                                 **params, **extra)
             duration = round(time.perf_counter() - started, 2)
             manifest = {
                 "component": step.name,
                 "run_id": run_dir.name,
                 "status": "succeeded",
                 "parameters": params,
-                "inputs": {arg: str(path) for arg, path in inputs.items()},
+                "key": key,
+                "inputs": {arg: str(u.path) for arg, u in upstream.items()},
                 "input_fingerprints": input_fingerprints,
-                "fingerprint": _fingerprint(step, params, input_fingerprints),
+                "fingerprint": fp,
                 "started_at": started_at,
                 "finished_at": now(),
                 "duration_s": duration,
                 "result": result,
-                "versions": _versions(),
+                "versions": package_versions(),
             }
             (scratch / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
     except BaseException as err:
@@ -171,40 +150,7 @@ def _run_step(store, run_dir: Path, step: Step, cfg: Config, ctx: RunContext, pr
         raise
     store.update_run(run_dir, step.name, status="succeeded", duration_s=duration)
     log.info("%s succeeded in %.1fs", step.name, duration)
-    return run_dir / step.name
-
-
-def _fingerprint_of(artifact: Path) -> str:
-    return json.loads((Path(artifact) / MANIFEST).read_text())["fingerprint"]
-
-
-def _code_digest(module) -> str:
-    # The step's own module and every project module it uses: a change to shared code
-    # (the scaling, the presets) changes the fingerprint of each step that depends on it.
-    seen = {module.__name__: module}
-    for value in vars(module).values():
-        owner = value if inspect.ismodule(value) else inspect.getmodule(value)
-        if owner is not None and owner.__name__.startswith("components."):
-            seen[owner.__name__] = owner
-    digest = hashlib.sha256()
-    for name in sorted(seen):
-        digest.update(Path(inspect.getfile(seen[name])).read_bytes())
-    return digest.hexdigest()
-
-
-def _fingerprint(step: Step, params: dict, input_fingerprints: dict[str, str]) -> str:
-    payload = {"code": _code_digest(step.module), "params": params, "inputs": input_fingerprints}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _versions() -> dict:
-    found = {"python": platform.python_version()}
-    for package in PACKAGES:
-        try:
-            found[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            pass
-    return found
+    return Upstream(run_dir / step.name, fp)
 
 
 def configure_logging() -> None:

@@ -5,7 +5,8 @@ import pytest
 
 from conftest import small_overrides
 from pipeline.config import load_config
-from pipeline.runner import STEPS, MissingInputError, run
+from pipeline.graph import STEPS
+from pipeline.runner import MissingInputError, run
 from pipeline.store import ArtifactStore
 
 

@@ -1,0 +1,154 @@
+"""Fingerprints: what a component's output depends on, hashed, with nothing heavy imported.
+
+A fingerprint covers the component's code and every project module it imports,
+transitively (read with `ast`, never imported, so deciding costs no TensorFlow), its
+key parameters, its inputs' fingerprints and the versions of the packages it runs on.
+Data counts by content: the MNIST source files' checksums, the extra images' bytes, a
+served model's files.
+"""
+from __future__ import annotations
+
+import ast
+import hashlib
+import importlib.util
+import json
+import platform
+from functools import lru_cache
+from importlib import metadata
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]  # the project: components/ and pipeline/ live here
+PROJECT_PACKAGES = ("components", "pipeline")
+PACKAGES = ("tensorflow", "keras", "tensorflow-datasets", "apache-beam", "scikit-learn", "numpy")
+SERVING_METADATA = "assets.extra"  # push records: where a version came from, not what it computes
+
+
+def _module_file(name: str, root: Path) -> Path | None:
+    path = root.joinpath(*name.split("."))
+    for candidate in (path.with_suffix(".py"), path / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _imports(source: str, module: str) -> set[str]:
+    """Project modules named by the import statements of one module."""
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found |= {f"{node.module}.{alias.name}" for alias in node.names}  # `from components import serving`
+    return {n for n in found if n.split(".")[0] in PROJECT_PACKAGES}
+
+
+def project_modules(module: str, root: Path = ROOT) -> dict[str, Path]:
+    """`module` and every project module it imports, transitively, with their packages' __init__."""
+    seen: dict[str, Path] = {}
+    todo = [module]
+    while todo:
+        name = todo.pop()
+        parts = name.split(".")
+        for i in range(1, len(parts) + 1):  # importing a.b runs a/__init__.py first
+            prefix = ".".join(parts[:i])
+            path = _module_file(prefix, root)
+            if path is not None and prefix not in seen:
+                seen[prefix] = path
+                todo.extend(_imports(path.read_text(), prefix) - set(seen))
+    return seen
+
+
+def code_digest(module: str, root: Path = ROOT) -> str:
+    digest = hashlib.sha256()
+    for name, path in sorted(project_modules(module, root).items()):
+        digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+@lru_cache(maxsize=1)
+def package_versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for package in PACKAGES:
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            pass
+    return found
+
+
+def fingerprint(code: str, key: dict, inputs: dict[str, str], versions: dict[str, str]) -> str:
+    payload = {"code": code, "key": key, "inputs": inputs, "versions": versions}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def tree_digest(folder: Path, skip: tuple[str, ...] = ()) -> str | None:
+    """Every file's relative path and bytes under `folder`; None when there is no such folder."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        relative = path.relative_to(folder).as_posix()
+        if not relative.startswith(skip):
+            digest.update(relative.encode() + b"\0" + file_digest(path).encode())
+    return digest.hexdigest()
+
+
+def served_digest(version_dir: Path | None) -> str | None:
+    """What a served version computes: its SavedModel's files, not its push record."""
+    return tree_digest(version_dir, skip=(SERVING_METADATA,)) if version_dir else None
+
+
+def _tfds_file(*parts: str) -> Path | None:
+    spec = importlib.util.find_spec("tensorflow_datasets")  # locates the package without importing it
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]).joinpath(*parts)
+    return path if path.is_file() else None
+
+
+def registered_checksums(dataset: str) -> dict[str, str]:
+    """TFDS's registered sha256 of each source file of `dataset`, by file name."""
+    path = _tfds_file("url_checksums", f"{dataset}.txt")
+    if path is None:
+        return {}
+    rows = [line.split("\t") for line in path.read_text().splitlines() if line.strip()]
+    return {row[3] if len(row) > 3 else Path(row[0]).name: row[2] for row in rows}
+
+
+def tfds_version(dataset: str) -> str | None:
+    """The builder's VERSION, read from its source: what `tfds.builder(dataset).version` would say."""
+    path = _tfds_file("image_classification", f"{dataset}.py")
+    if path is None:
+        return None
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.ClassDef) and node.name.lower() == dataset:
+            for statement in node.body:
+                if (isinstance(statement, ast.Assign) and any(getattr(t, "id", None) == "VERSION" for t in statement.targets)
+                        and isinstance(statement.value, ast.Call) and statement.value.args):
+                    return ast.literal_eval(statement.value.args[0])
+    return None
+
+
+def source_content(dataset: str, manual_dir: str) -> dict:
+    """The MNIST source by content: the mirror's bytes when there is one, else TFDS's registered checksums.
+
+    A mirror file that is missing counts as missing here; ingest itself says what is wrong.
+    """
+    registered = registered_checksums(dataset)
+    if not manual_dir:
+        return {"dataset": dataset, "version": tfds_version(dataset), "files": registered}
+    files = {}
+    for name in registered:
+        path = Path(manual_dir) / name
+        files[name] = file_digest(path) if path.is_file() else "missing"
+    return {"dataset": dataset, "version": tfds_version(dataset), "files": files}

@@ -1,0 +1,108 @@
+"""The step graph: each component, the artifacts it takes and makes, and what identifies its output.
+
+`params` are the entry point's arguments besides its artifacts; `key` is what of them (and
+of the world) the output depends on, hashed into the fingerprint with the code and the
+inputs' fingerprints. They differ where an argument says *where* something is and the key
+must say *what* it is: the served baseline's files, not its path; the source files'
+checksums, not the mirror's folder.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from pipeline.config import Config
+from pipeline.fingerprint import served_digest, source_content
+
+
+@dataclass(frozen=True)
+class Upstream:
+    path: Path
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class RunContext:
+    run_id: str
+    artifacts: Path
+    model_base: Path  # <serving root>/<model name>
+
+
+Params = Callable[[Config, RunContext, dict], dict]
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str  # also its directory in a run, and its module in components/
+    output: str  # the entry point's argument naming the output artifact
+    inputs: dict[str, str]  # entry-point argument -> upstream component
+    params: Params  # (config, context, upstream artifacts by argument) -> the rest of the arguments
+    key: Params | None = None  # what identifies the output; None: the params themselves
+    volatile: tuple[str, ...] = field(default=())  # params that say where, never what: not in the key
+
+    @property
+    def module(self) -> str:
+        return f"components.{self.name}"
+
+
+def baseline_version(model_base: Path, model_fingerprint: str) -> Path | None:
+    """The served version a candidate must beat: the newest one not pushed from this same model.
+
+    A model is never its own baseline: once this candidate is served, re-running it
+    compares it with what it replaced, exactly as when it was first blessed, so an
+    unchanged re-run has the same evaluation and export, and reuses both.
+    """
+    from components import serving
+
+    for version in reversed(serving.versions(model_base)):
+        if serving.read_push_record(model_base, version).get("model_fingerprint") != model_fingerprint:
+            return Path(model_base) / str(version)
+    return None
+
+
+def _ingest_key(cfg: Config, ctx: RunContext, upstream: dict) -> dict:
+    settings = cfg.ingest.model_dump(exclude={"manual_dir", "data_dir"})  # where TFDS reads and caches, not what
+    return {**settings, "source": source_content(cfg.ingest.dataset, cfg.ingest.manual_dir)}
+
+
+def _evaluate_params(cfg: Config, ctx: RunContext, upstream: dict) -> dict:
+    baseline = baseline_version(ctx.model_base, upstream["model"].fingerprint)
+    return {**cfg.evaluate.model_dump(), "baseline": str(baseline) if baseline else None}
+
+
+def _evaluate_key(cfg: Config, ctx: RunContext, upstream: dict) -> dict:
+    baseline = baseline_version(ctx.model_base, upstream["model"].fingerprint)
+    return {**cfg.evaluate.model_dump(), "baseline": served_digest(baseline)}
+
+
+def _export_params(cfg: Config, ctx: RunContext, upstream: dict) -> dict:
+    return {
+        "serving_root": str(ctx.model_base.parent),
+        "model_name": cfg.export.model_name,
+        "verify_examples": cfg.export.verify_examples,
+        "push_record": {"run": ctx.run_id, "model_fingerprint": upstream["model"].fingerprint},
+    }
+
+
+STEPS: dict[str, Step] = {
+    step.name: step
+    for step in (
+        Step("ingest", "examples", {}, lambda cfg, ctx, up: cfg.ingest.model_dump(), key=_ingest_key),
+        Step("preprocess", "transformed", {"examples": "ingest"}, lambda cfg, ctx, up: cfg.preprocess.model_dump()),
+        Step("train", "model", {"transformed": "preprocess"},
+             lambda cfg, ctx, up: {**cfg.train.model_dump(), "seed": cfg.seed}),
+        Step("evaluate", "evaluation", {"model": "train", "examples": "ingest"}, _evaluate_params, key=_evaluate_key),
+        Step("export", "exported", {"model": "train", "evaluation": "evaluate", "examples": "ingest"},
+             _export_params, volatile=("push_record",)),
+    )
+}
+
+
+def downstream(names: set[str] | list[str]) -> set[str]:
+    """`names` and every step that depends on them, directly or not."""
+    found = set(names)
+    for name, step in STEPS.items():  # STEPS is in dependency order
+        if found & set(step.inputs.values()):
+            found.add(name)
+    return found
