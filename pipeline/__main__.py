@@ -44,6 +44,13 @@ def _parser() -> argparse.ArgumentParser:
     what.add_argument("--install", choices=["cron", "systemd"], help="write the user crontab entry or unit files")
     schedule.add_argument("--at", default="02:30", help="time of day, HH:MM (default 02:30)")
 
+    runs = sub.add_parser("runs", parents=[configured], help="list runs: status, preset, data, accuracy, push")
+    runs.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    show = sub.add_parser("show", parents=[configured],
+                          help="one run's components and lineage, or (vN) where served version N came from")
+    show.add_argument("target", metavar="RUN|vN", help="a run id (see `runs`) or a served version, e.g. v3")
+    show.add_argument("--json", action="store_true", help="print JSON instead of text")
+
     sub.add_parser("models", parents=[configured], help="list the served model versions")
     rollback = sub.add_parser("rollback", parents=[configured], help="serve an earlier version again")
     rollback.add_argument("version", nargs="?", type=int, help="default: the version the current one replaced")
@@ -92,6 +99,53 @@ def _model_base(args) -> Path:
     from pipeline.runner import model_base
 
     return model_base(load_config(args.overrides), args.artifacts)
+
+
+def _runs(args) -> int:
+    from pipeline import lineage
+
+    rows = lineage.runs(args.artifacts)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'run':26}  {'started':25}  {'status':9}  {'preset':8}  {'train':>6}  {'test':>5}  {'test acc':8}  pushed")
+    for row in rows:
+        accuracy = f"{row['test_accuracy']:.4f}" if row["test_accuracy"] is not None else "-"
+        print(f"{row['run']:26}  {row['started_at'] or '?':25}  {row['status']:9}  {row['preset'] or '?':8}  "
+              f"{row['train'] if row['train'] is not None else '-':>6}  {row['test'] if row['test'] is not None else '-':>5}  "
+              f"{accuracy:8}  {row['pushed'] or '-'}")
+    return 0
+
+
+def _show(args) -> int:
+    from pipeline import lineage
+
+    target = args.target
+    if target[:1] in "vV" and target[1:].isdigit():
+        shown = lineage.show_version(args.artifacts, _model_base(args), int(target[1:]))
+    else:
+        shown = lineage.show_run(Path(args.artifacts) / "runs" / target)
+    if args.json:
+        print(json.dumps(shown, indent=2))
+    elif "lineage" in shown:
+        push = shown["push"]
+        print(f"served version {shown['version']} ({shown['path']}): run {push.get('run', '?')}, "
+              f"pushed {push.get('pushed_at', '?')}, test accuracy {push.get('test_accuracy', '?')}"
+              + (f", rollback of {push['rollback_of']}" if push.get("rollback_of") else ""))
+        for step in shown["lineage"]:
+            print(f"  <- {step['component']:10} run {step['run']}  {step['fingerprint']}  {json.dumps(step['results'])}")
+    else:
+        print(f"run {shown['run']}: {shown['status']} (started {shown['started_at']}, finished {shown['finished_at']})")
+        for name, c in shown["components"].items():
+            origin = f"cached from run {c['from_run']}" if c["status"] == "cached" else c["status"]
+            print(f"  {name:10} {origin:40} {c['duration_s'] if c['duration_s'] is not None else '-':>8}s  {c['fingerprint']}")
+            for arg, source in c["inputs"].items():
+                print(f"      input {arg}: run {source['run']} ({source['path']})")
+            print(f"      parameters: {json.dumps(c['parameters'], default=str)}")
+            print(f"      results: {json.dumps(c['results'], default=str)}")
+            if c.get("error"):
+                print(f"      error: {c['error']}")
+    return 0
 
 
 def _nightly(args) -> int:
@@ -178,7 +232,7 @@ def _presets(args) -> int:
     return 0
 
 
-COMMANDS = {"run": _run, "nightly": _nightly, "gc": _gc, "schedule": _schedule, "models": _models, "rollback": _rollback, "predict": _predict, "presets": _presets}
+COMMANDS = {"run": _run, "runs": _runs, "show": _show, "nightly": _nightly, "gc": _gc, "schedule": _schedule, "models": _models, "rollback": _rollback, "predict": _predict, "presets": _presets}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -43,8 +43,9 @@ def _imports(source: str, module: str) -> set[str]:
     return {n for n in found if n.split(".")[0] in PROJECT_PACKAGES}
 
 
-def project_modules(module: str, root: Path = ROOT) -> dict[str, Path]:
+def project_modules(module: str, root: Path | None = None) -> dict[str, Path]:
     """`module` and every project module it imports, transitively, with their packages' __init__."""
+    root = root or ROOT
     seen: dict[str, Path] = {}
     todo = [module]
     while todo:
@@ -59,7 +60,7 @@ def project_modules(module: str, root: Path = ROOT) -> dict[str, Path]:
     return seen
 
 
-def code_digest(module: str, root: Path = ROOT) -> str:
+def code_digest(module: str, root: Path | None = None) -> str:
     digest = hashlib.sha256()
     for name, path in sorted(project_modules(module, root).items()):
         digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")

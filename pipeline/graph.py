@@ -8,7 +8,7 @@ checksums, not the mirror's folder.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -39,7 +39,6 @@ class Step:
     inputs: dict[str, str]  # entry-point argument -> upstream component
     params: Params  # (config, context, upstream artifacts by argument) -> the rest of the arguments
     key: Params | None = None  # what identifies the output; None: the params themselves
-    volatile: tuple[str, ...] = field(default=())  # params that say where, never what: not in the key
 
     @property
     def module(self) -> str:
@@ -94,7 +93,9 @@ STEPS: dict[str, Step] = {
              lambda cfg, ctx, up: {**cfg.train.model_dump(), "seed": cfg.seed}),
         Step("evaluate", "evaluation", {"model": "train", "examples": "ingest"}, _evaluate_params, key=_evaluate_key),
         Step("export", "exported", {"model": "train", "evaluation": "evaluate", "examples": "ingest"},
-             _export_params, volatile=("push_record",)),
+             # The configured destination, not its resolved path (which moves with the artifacts
+             # root), and not the pushing run's id.
+             _export_params, key=lambda cfg, ctx, up: cfg.export.model_dump()),
     )
 }
 

@@ -107,7 +107,7 @@ def _run_step(store: ArtifactStore, run_dir: Path, step: Step, cfg: Config, ctx:
               produced: dict[str, Upstream], *, use_cache: bool) -> Upstream:
     upstream = {arg: produced[up] if up in produced else _upstream(store, up) for arg, up in step.inputs.items()}
     params = step.params(cfg, ctx, upstream)
-    key = step.key(cfg, ctx, upstream) if step.key else {k: v for k, v in params.items() if k not in step.volatile}
+    key = step.key(cfg, ctx, upstream) if step.key else params
     input_fingerprints = {arg: u.fingerprint for arg, u in upstream.items()}
     fp = fingerprint(code_digest(step.module), key, input_fingerprints, package_versions())
 

@@ -1,0 +1,96 @@
+"""The cache: what re-runs after which change, on real runs over a slice of MNIST."""
+import json
+import logging
+import shutil
+
+import pytest
+
+from conftest import REPO, small_overrides
+from pipeline import fingerprint
+from pipeline.config import load_config
+from pipeline.graph import STEPS
+from pipeline.runner import run
+
+
+@pytest.fixture
+def store(full_run, tmp_path):
+    """A copy of the session's artifacts root: one whole run, version 1 served."""
+    root = tmp_path / "artifacts"
+    shutil.copytree(full_run[0], root)
+    return root
+
+
+def _statuses(run_dir):
+    return {name: c["status"] for name, c in json.loads((run_dir / "run.json").read_text())["components"].items()}
+
+
+def _run(store, tfds_dir, **settings):
+    return run(load_config(small_overrides(tfds_dir, **settings)), store)
+
+
+def test_an_identical_run_executes_no_component(store, full_run, tfds_dir):
+    run_dir = _run(store, tfds_dir)
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["status"] == "succeeded"
+    assert all(c["status"] == "cached" and c["from_run"] == full_run[1].name for c in record["components"].values())
+    assert list(record["components"]) == list(STEPS)
+    assert sorted(p.name for p in run_dir.iterdir()) == ["run.json", "run.log"]  # nothing made, nothing copied
+    assert record["components"]["train"]["reused"] == str(store / "runs" / full_run[1].name / "train")
+    log = (run_dir / "run.log").read_text()
+    assert all(f"{name} cached (from run {full_run[1].name})" in log for name in STEPS)
+    assert sorted(p.name for p in (store / "serving" / "mnist").iterdir()) == ["1"]  # nothing pushed
+
+
+def test_changing_epochs_reruns_train_evaluate_and_export_only(store, tfds_dir):
+    statuses = _statuses(_run(store, tfds_dir, **{"train.epochs": 1}))
+    assert statuses == {"ingest": "cached", "preprocess": "cached", "train": "succeeded",
+                        "evaluate": "succeeded", "export": "succeeded"}
+
+
+def test_changing_the_data_slice_reruns_everything(store, tfds_dir):
+    statuses = _statuses(_run(store, tfds_dir, **{"ingest.train_split": "train[:1500]"}))
+    assert set(statuses.values()) == {"succeeded"}
+
+
+def test_editing_a_module_preprocess_imports_reruns_preprocess_and_downstream(store, tfds_dir, tmp_path, monkeypatch):
+    source = tmp_path / "source"
+    for package in ("components", "pipeline"):
+        shutil.copytree(REPO / package, source / package, ignore=shutil.ignore_patterns("__pycache__"))
+    with open(source / "components" / "transform.py", "a") as f:
+        f.write("\n# an edit to the scaling module, which preprocess imports (ingest does not)\n")
+    monkeypatch.setattr(fingerprint, "ROOT", source)
+    statuses = _statuses(_run(store, tfds_dir))
+    assert statuses == {"ingest": "cached", "preprocess": "succeeded", "train": "succeeded",
+                        "evaluate": "succeeded", "export": "succeeded"}
+
+
+def test_a_deleted_output_is_recomputed(store, full_run, tfds_dir):
+    shutil.rmtree(store / "runs" / full_run[1].name / "preprocess")
+    statuses = _statuses(_run(store, tfds_dir))
+    # Recomputed with the same fingerprint, so what follows it is still reused.
+    assert statuses == {"ingest": "cached", "preprocess": "succeeded", "train": "cached",
+                        "evaluate": "cached", "export": "cached"}
+
+
+def test_a_corrupt_manifest_is_a_warning_and_a_recompute(store, full_run, tfds_dir, caplog):
+    manifest = store / "runs" / full_run[1].name / "train" / "manifest.json"
+    manifest.write_text("{not json")
+    with caplog.at_level(logging.WARNING, logger="pipeline"):
+        statuses = _statuses(_run(store, tfds_dir))
+    assert statuses["train"] == "succeeded" and statuses["ingest"] == statuses["preprocess"] == "cached"
+    assert any(str(manifest) in r.getMessage() and "unreadable manifest" in r.getMessage() for r in caplog.records)
+
+
+def test_rerun_forces_a_component_and_what_depends_on_it(store, tfds_dir):
+    run_dir = run(load_config(small_overrides(tfds_dir)), store, rerun=["train"])
+    assert _statuses(run_dir) == {"ingest": "cached", "preprocess": "cached", "train": "succeeded",
+                                  "evaluate": "succeeded", "export": "succeeded"}
+    # The same seed retrained the same model, which is already served: no second copy.
+    export = json.loads((run_dir / "export" / "export.json").read_text())
+    assert export["pushed"] is False and export["already_served"] == 1
+    assert sorted(p.name for p in (store / "serving" / "mnist").iterdir()) == ["1"]
+
+
+def test_no_cache_executes_everything(store, tfds_dir):
+    run_dir = run(load_config(small_overrides(tfds_dir)), store, use_cache=False)
+    assert set(_statuses(run_dir).values()) == {"succeeded"}

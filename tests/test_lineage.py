@@ -1,0 +1,62 @@
+"""`runs` and `show` read lineage back from the store, without TensorFlow."""
+import json
+import subprocess
+import sys
+
+from conftest import REPO
+from pipeline import lineage
+from pipeline.store import ArtifactStore
+
+
+def pipeline(*args):
+    return subprocess.run([sys.executable, "-m", "pipeline", *map(str, args)], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_show_a_served_version_walks_back_to_the_tfds_splits(full_run):
+    root, run_dir, _ = full_run
+    result = pipeline("--artifacts", root, "show", "v1", "--json")
+    assert result.returncode == 0, result.stderr
+    shown = json.loads(result.stdout)
+    assert shown["push"]["run"] == run_dir.name
+    assert [(s["component"], s["run"]) for s in shown["lineage"]] == [
+        ("train", run_dir.name), ("preprocess", run_dir.name), ("ingest", run_dir.name)]
+    assert shown["lineage"][-1]["results"] == {"train": {"tfds_split": "train[:2000]", "count": 2000},
+                                               "test": {"tfds_split": "test[:500]", "count": 500}}
+    text = pipeline("--artifacts", root, "show", "v1").stdout
+    assert f"<- ingest     run {run_dir.name}" in text and "train[:2000]" in text
+
+
+def test_runs_and_show_describe_a_run(full_run):
+    root, run_dir, _ = full_run
+    [row] = [r for r in json.loads(pipeline("--artifacts", root, "runs", "--json").stdout) if r["run"] == run_dir.name]
+    assert (row["status"], row["preset"], row["train"], row["test"], row["pushed"]) == ("succeeded", "seed-000", 2000, 500, 1)
+    assert 0.5 < row["test_accuracy"] <= 1
+    shown = json.loads(pipeline("--artifacts", root, "show", run_dir.name, "--json").stdout)
+    train = shown["components"]["train"]
+    assert train["status"] == "succeeded" and train["inputs"]["transformed"]["run"] == run_dir.name
+    assert train["parameters"]["preset"] == "seed-000" and len(train["fingerprint"]) == 12
+    assert train["results"]["epochs_run"] == 2
+
+
+def test_a_run_whose_process_died_is_crashed(tmp_path):
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    store = ArtifactStore(tmp_path)
+    store.new_run({"pid": dead.pid, "process_started": 0.0, "status": "running"})
+    alive = store.new_run({"status": "running", "pid": __import__("os").getpid(),
+                           "process_started": __import__("psutil").Process().create_time()})
+    statuses = {r["run"]: r["status"] for r in lineage.runs(tmp_path)}
+    assert statuses[alive.name] == "running"
+    assert sorted(statuses.values()) == ["crashed", "running"]
+
+
+def test_runs_and_show_never_import_tensorflow(full_run):
+    probe = (
+        "import sys; from pipeline.__main__ import main; "
+        f"codes = [main(['--artifacts', {str(full_run[0])!r}, *c]) for c in (['runs'], ['show', 'v1'], "
+        f"['show', {full_run[1].name!r}])]; "
+        "print(codes, sorted(m for m in ('tensorflow', 'keras', 'apache_beam', 'tensorflow_datasets') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip().splitlines()[-1] == "[0, 0, 0] []", result.stdout + result.stderr
