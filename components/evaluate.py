@@ -9,6 +9,7 @@ currently served model (the baseline) on the same images.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import keras
@@ -22,6 +23,7 @@ from components.ingest import read_examples
 from components.transform import NUM_CLASSES, scale_pixels
 
 CLASSES = list(range(NUM_CLASSES))
+log = logging.getLogger(__name__)
 
 
 def compute_metrics(labels: np.ndarray, probabilities: np.ndarray) -> dict:
@@ -88,7 +90,15 @@ def evaluate(
     net = keras.models.load_model(Path(model) / "model.keras")
     probabilities = net.predict(scale_pixels(images), batch_size=1000, verbose=0)
     candidate = compute_metrics(labels, probabilities)
-    served = compute_metrics(labels, predict_saved_model(baseline, images)) if baseline else None
+    served, warnings = None, []
+    if baseline:
+        try:
+            served = compute_metrics(labels, predict_saved_model(baseline, images))
+        except Exception as err:  # a broken served model must not block the model that replaces it
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            warnings.append(f"the served model {baseline} cannot be loaded ({reason}); it is not a baseline, "
+                            f"so the candidate is judged on evaluate.min_accuracy alone and replaces it if blessed")
+            log.warning("%s", warnings[-1])
 
     out = Path(evaluation)
     out.mkdir(parents=True, exist_ok=True)
@@ -100,6 +110,7 @@ def evaluate(
         "reasons": reasons,
         "candidate": {"model": str(model), "accuracy": candidate["accuracy"], "loss": candidate["loss"]},
         "baseline": {"model": str(baseline), "accuracy": served["accuracy"], "loss": served["loss"]} if served else None,
+        "warnings": warnings,
         "thresholds": {"min_accuracy": min_accuracy, "accuracy_tolerance": accuracy_tolerance,
                        "max_recall_drop": max_recall_drop},
     }

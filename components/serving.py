@@ -23,12 +23,63 @@ class ServingError(ValueError):
     """A serving-directory request that cannot be met; the message says what to do."""
 
 
-def versions(model_base: Path) -> list[int]:
-    """Published versions, oldest first."""
+def _numbered(model_base: Path) -> list[int]:
     base = Path(model_base)
-    if not base.is_dir():
-        return []
-    return sorted(int(p.name) for p in base.iterdir() if p.name.isdigit() and p.is_dir())
+    return sorted(int(p.name) for p in base.iterdir() if p.name.isdigit() and p.is_dir()) if base.is_dir() else []
+
+
+def versions(model_base: Path) -> list[int]:
+    """Published versions, oldest first: numbered folders holding a SavedModel. An empty or
+    incomplete numbered folder (no saved_model.pb) is not a version at all."""
+    return [v for v in _numbered(model_base) if (Path(model_base) / str(v) / "saved_model.pb").is_file()]
+
+
+def broken(version_dir: Path) -> str | None:
+    """Why a version's SavedModel cannot be loaded, found without loading it (no TensorFlow);
+    None when it looks whole. Catches what a crash or a bad copy leaves: a truncated or
+    garbled saved_model.pb, a missing variables index."""
+    version_dir = Path(version_dir)
+    pb = version_dir / "saved_model.pb"
+    if not pb.is_file():
+        return "no saved_model.pb"
+    if not _protobuf_is_whole(pb.read_bytes()):
+        return "saved_model.pb is truncated or not a protobuf"
+    if (version_dir / "variables").is_dir() and not (version_dir / "variables" / "variables.index").is_file():
+        return "variables/variables.index is missing"
+    return None
+
+
+def _protobuf_is_whole(data: bytes) -> bool:
+    """Walks the protobuf wire format: every field must end inside the message."""
+    def varint(i: int) -> tuple[int, int]:
+        value = shift = 0
+        while i < len(data):
+            byte = data[i]
+            value |= (byte & 0x7F) << shift
+            i, shift = i + 1, shift + 7
+            if not byte & 0x80:
+                return value, i
+        raise ValueError("varint runs past the end")
+
+    i = 0
+    try:
+        while i < len(data):
+            tag, i = varint(i)
+            kind = tag & 7
+            if tag >> 3 == 0 or kind in (3, 4, 6, 7):  # no field 0; groups are not used by SavedModel
+                return False
+            if kind == 0:
+                _, i = varint(i)
+            elif kind == 2:
+                length, i = varint(i)
+                i += length
+            else:
+                i += 8 if kind == 1 else 4
+            if i > len(data):
+                return False
+    except ValueError:
+        return False
+    return len(data) > 0
 
 
 def current_version(model_base: Path) -> int | None:
@@ -54,7 +105,8 @@ def push(saved_model: Path, model_base: Path, record: dict, copy=shutil.copytree
         copy(saved_model, staging / "model")
         (staging / "model" / PUSH_RECORD).parent.mkdir(parents=True, exist_ok=True)
         while True:  # another pusher may take a number first: take the next one
-            version = (current_version(base) or 0) + 1
+            # Above every numbered folder, whole or not: a rename never lands on a leftover.
+            version = max(_numbered(base), default=0) + 1
             full_record = {
                 **record,
                 "version": version,
@@ -95,5 +147,7 @@ def listing(model_base: Path) -> list[dict]:
     """One row per published version, oldest first, the served one marked current."""
     current = current_version(model_base)
     return [
-        {**read_push_record(model_base, v), "version": v, "current": v == current} for v in versions(model_base)
+        {**read_push_record(model_base, v), "version": v, "current": v == current,
+         "broken": broken(Path(model_base) / str(v))}
+        for v in versions(model_base)
     ]

@@ -199,6 +199,8 @@ def _models(args) -> int:
     print(f"{'version':>7}  {'current':7}  {'pushed at':25}  {'test acc':8}  {'run':26}  note")
     for row in rows:
         note = f"rollback of {row['rollback_of']}" if row.get("rollback_of") else ""
+        if row["broken"]:
+            note = f"BROKEN: {row['broken']}; the next blessed model is pushed above it" + (f"; {note}" if note else "")
         accuracy = f"{row['test_accuracy']:.4f}" if "test_accuracy" in row else "?"
         print(f"{row['version']:>7}  {'*' if row['current'] else '':7}  {row.get('pushed_at', '?'):25}  "
               f"{accuracy:8}  {row.get('run', '?'):26}  {note}")

@@ -1,10 +1,13 @@
 import json
+import logging
 import shutil
+import subprocess
+import sys
 
 import pytest
 
 from components import serving
-from conftest import small_overrides
+from conftest import REPO, small_overrides
 from pipeline.__main__ import main
 from pipeline.config import load_config
 from pipeline.runner import run
@@ -97,3 +100,25 @@ def test_nightly_flow_pushes_only_models_at_least_as_good(full_run, tmp_path, tf
     assert better.name in listing and full_run[1].name in listing
     assert main(["--artifacts", str(root), "rollback", "1"]) == 0
     assert serving.read_push_record(base, 3)["rollback_of"] == 1
+
+
+def test_an_unloadable_served_version_is_replaced_by_a_good_model(full_run, tmp_path, tfds_dir, caplog):
+    """Truncated saved_model.pb in the served version, and an empty numbered folder above it."""
+    root = tmp_path / "artifacts"
+    shutil.copytree(full_run[0], root)
+    base = root / "serving" / "mnist"
+    pb = base / "1" / "saved_model.pb"
+    pb.write_bytes(pb.read_bytes()[: pb.stat().st_size // 2])
+    (base / "2").mkdir()  # a numbered folder with no SavedModel: not a version
+    assert serving.versions(base) == [1] and serving.broken(base / "1") == "saved_model.pb is truncated or not a protobuf"
+    models = subprocess.run([sys.executable, "-m", "pipeline", "--artifacts", str(root), "models"], cwd=REPO,
+                            capture_output=True, text=True, timeout=60)
+    assert "BROKEN: saved_model.pb is truncated" in models.stdout
+
+    with caplog.at_level(logging.WARNING):
+        run_dir = run(load_config(small_overrides(tfds_dir, **{"train.epochs": 1})), root)
+    blessing = json.loads((run_dir / "evaluate" / "blessing.json").read_text())
+    assert blessing["blessed"] and blessing["baseline"] is None
+    assert "cannot be loaded" in blessing["warnings"][0] and str(base / "1") in blessing["warnings"][0]
+    assert any("cannot be loaded" in r.getMessage() for r in caplog.records)
+    assert serving.versions(base) == [1, 3] and serving.broken(base / "3") is None  # above the broken one and the empty folder
