@@ -95,3 +95,24 @@ def image_files(paths: list[Path]) -> list[Path]:
         else:
             found.append(path)
     return found
+
+
+def labelled_images(folder: Path) -> tuple[list[tuple[Path, int]], list[dict]]:
+    """A folder laid out as `<digit>/<any name>.<image suffix>`: (path, label) for each image
+    file, and `{path, reason}` for everything else found there, which the caller reports."""
+    folder = Path(folder)
+    found, skipped = [], []
+    for entry in sorted(folder.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        if not entry.is_dir():
+            skipped.append({"path": str(entry), "reason": "not inside a digit folder (0-9)"})
+        elif not (len(entry.name) == 1 and entry.name.isdigit()):
+            skipped.append({"path": str(entry), "reason": f"folder {entry.name!r} is not a digit 0-9"})
+        else:
+            for path in sorted(p for p in entry.rglob("*") if p.is_file() and not p.name.startswith(".")):
+                if path.suffix.lower() in IMAGE_SUFFIXES:
+                    found.append((path, int(entry.name)))
+                else:
+                    skipped.append({"path": str(path), "reason": f"not an image file ({path.suffix or 'no suffix'})"})
+    return found, skipped

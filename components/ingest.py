@@ -2,11 +2,13 @@
 
 Output (`examples/`): `train-*.tfrecord` and `test-*.tfrecord`, each record holding
 `image` (784 raw uint8 bytes, row-major 28x28) and `label` (int64), plus `ingest.json`
-recording what was loaded.
+recording what was loaded. Extra labelled images (`extra_dir`) go into their own
+train shard, `train-extra-00000-of-00001.tfrecord`, in the same raw form.
 """
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -14,8 +16,10 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-tfds.disable_progress_bar()  # progress bars garble unattended logs
+from components.digits import ImageError, labelled_images, load_image, to_mnist
 
+tfds.disable_progress_bar()  # progress bars garble unattended logs
+log = logging.getLogger(__name__)
 SPLITS = ("train", "test")
 EXAMPLES_PER_SHARD = 50_000  # shards keep a later distributed Beam read parallel
 
@@ -32,8 +36,16 @@ def ingest(
     test_split: str = "test",
     manual_dir: str | Path | None = None,
     data_dir: str | Path | None = None,
+    extra_dir: str | Path | None = None,
 ) -> dict:
-    """Load the two splits through TFDS and write them to `examples`; return ingest.json."""
+    """Load the two splits through TFDS and write them to `examples`; return ingest.json.
+
+    With `extra_dir`, its labelled images (`<digit>/<name>.png`...) are put in MNIST form
+    by `digits.to_mnist`, the function `predict` uses, and added to the train split only;
+    files that cannot be used are listed in ingest.json with the reason, never fatal.
+    """
+    if extra_dir and not Path(extra_dir).is_dir():
+        raise FileNotFoundError(f"ingest.extra_dir {extra_dir} is not a folder; point it at <digit>/<image> files or set it to ''")
     builder = tfds.builder(dataset, data_dir=str(data_dir) if data_dir else None)
     download_config = None
     if manual_dir:
@@ -55,6 +67,10 @@ def ingest(
         if splits[name]["count"] == 0:
             raise ValueError(f"TFDS split {tfds_split!r} for ingest.{name}_split is empty; widen the slice")
 
+    if extra_dir:
+        splits["train"]["base_count"] = splits["train"]["count"]
+        extra = _write_extra(Path(extra_dir), examples)
+        splits["train"]["count"] += extra["count"]
     record = {
         "dataset": builder.info.name,
         "version": str(builder.info.version),
@@ -62,6 +78,7 @@ def ingest(
         "tfds_data_dir": str(builder.data_dir),
         "splits": splits,
         "features": {"image": "784 raw uint8 bytes, 28x28 row-major", "label": "int64 0-9"},
+        **({"extra": extra} if extra_dir else {}),
     }
     (examples / "ingest.json").write_text(json.dumps(record, indent=2))
     return record
@@ -82,6 +99,25 @@ def _check_mirror(builder: tfds.core.DatasetBuilder, manual_dir: Path) -> None:
             raise MirrorError(
                 f"mirror file {path} has {path.stat().st_size} bytes, TFDS expects {int(info.size)}; replace it with the original"
             )
+
+
+def _write_extra(folder: Path, examples: Path) -> dict:
+    """The extra labelled images as one more train shard (`train-extra-*`), raw like the rest."""
+    found, skipped = labelled_images(folder)
+    per_digit = [0] * 10
+    with tf.io.TFRecordWriter(str(examples / "train-extra-00000-of-00001.tfrecord")) as writer:
+        for path, label in found:
+            try:
+                image = to_mnist(load_image(path))
+            except ImageError as err:
+                skipped.append({"path": str(path), "reason": str(err)})
+                continue
+            writer.write(serialize_example(image.astype(np.uint8).tobytes(), label))
+            per_digit[label] += 1
+    for bad in skipped:
+        log.warning("extra image skipped: %s: %s", bad["path"], bad["reason"])
+    return {"folder": str(folder.resolve()), "count": sum(per_digit),
+            "per_digit": {str(d): n for d, n in enumerate(per_digit)}, "skipped": skipped}
 
 
 def serialize_example(image, label) -> bytes:

@@ -24,6 +24,7 @@ class Ingest(_Section):
     data_dir: str
     train_split: str = Field(min_length=1)
     test_split: str = Field(min_length=1)
+    extra_dir: str = ""
 
 
 class Preprocess(_Section):

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from pipeline.config import Config
-from pipeline.fingerprint import served_digest, source_content
+from pipeline.fingerprint import served_digest, source_content, tree_digest
 
 
 @dataclass(frozen=True)
@@ -61,8 +61,10 @@ def baseline_version(model_base: Path, model_fingerprint: str) -> Path | None:
 
 
 def _ingest_key(cfg: Config, ctx: RunContext, upstream: dict) -> dict:
-    settings = cfg.ingest.model_dump(exclude={"manual_dir", "data_dir"})  # where TFDS reads and caches, not what
-    return {**settings, "source": source_content(cfg.ingest.dataset, cfg.ingest.manual_dir)}
+    # Where TFDS reads and caches and where the extra images lie are not what they hold.
+    settings = cfg.ingest.model_dump(exclude={"manual_dir", "data_dir", "extra_dir"})
+    extra = tree_digest(Path(cfg.ingest.extra_dir)) if cfg.ingest.extra_dir else None
+    return {**settings, "source": source_content(cfg.ingest.dataset, cfg.ingest.manual_dir), "extra_images": extra}
 
 
 def _evaluate_params(cfg: Config, ctx: RunContext, upstream: dict) -> dict:

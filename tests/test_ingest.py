@@ -1,8 +1,11 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
+from components.digits import load_image, to_mnist
 from components.ingest import MirrorError, ingest, read_examples
 
 
@@ -50,3 +53,49 @@ def test_manual_dir_that_is_not_a_folder(tmp_path):
 def test_bad_split_string_names_the_key(tmp_path, mirror, tfds_dir):
     with pytest.raises(ValueError, match="ingest.train_split"):
         ingest(tmp_path / "out", train_split="trian[:10]", manual_dir=mirror, data_dir=tfds_dir)
+
+
+def _extra_folder(root, digits):
+    """Corrections as users collect them: bigger, dark on light, as PNG and JPEG; and some junk."""
+    (root / "3").mkdir(parents=True)
+    (root / "7").mkdir()
+    (root / "x").mkdir()
+    for (name, digit) in (("3/a.png", digits[0]), ("7/b.jpg", digits[1])):
+        Image.fromarray(255 - digit).resize((84, 84)).save(root / name)
+    (root / "7" / "notes.txt").write_text("not a picture")
+    Image.new("L", (40, 40), 255).save(root / "7" / "blank.png")
+    Image.fromarray(255 - digits[0]).save(root / "x" / "c.png")
+    Image.fromarray(255 - digits[0]).save(root / "top.png")
+    return root
+
+
+def test_extra_images_join_the_train_split_in_mnist_form_and_bad_files_are_listed(tmp_path, mirror, tfds_dir):
+    ingest(tmp_path / "source", train_split="train[:10]", test_split="test[:50]", manual_dir=mirror, data_dir=tfds_dir)
+    test_images, test_labels = read_examples(tmp_path / "source", "test")
+    digits = [test_images[list(test_labels).index(3)], test_images[list(test_labels).index(7)]]
+    extra = _extra_folder(tmp_path / "extra", digits)
+    record = ingest(tmp_path / "examples", train_split="train[:100]", test_split="test[:50]", manual_dir=mirror,
+                    data_dir=tfds_dir, extra_dir=extra)
+    assert record["extra"]["count"] == 2 and record["extra"]["per_digit"]["3"] == record["extra"]["per_digit"]["7"] == 1
+    assert record["splits"]["train"] == {"tfds_split": "train[:100]", "count": 102, "base_count": 100}
+    reasons = {Path(s["path"]).name: s["reason"] for s in record["extra"]["skipped"]}
+    assert set(reasons) == {"notes.txt", "blank.png", "x", "top.png"}
+    assert "not an image" in reasons["notes.txt"] and "not a digit" in reasons["x"]
+    images, labels = read_examples(tmp_path / "examples", "train")
+    assert len(images) == 102 and list(labels[-2:]) == [3, 7]
+    np.testing.assert_array_equal(images[-2], to_mnist(load_image(extra / "3" / "a.png")))  # predict's own function
+    assert len(read_examples(tmp_path / "examples", "test")[0]) == 50  # never in the test split
+
+
+def test_extra_images_count_by_content_in_ingests_fingerprint(tmp_path):
+    from pipeline.config import load_config
+    from pipeline.graph import STEPS
+
+    digit = np.zeros((28, 28), np.uint8)
+    digit[8:20, 12:16] = 255
+    extra = _extra_folder(tmp_path / "extra", [digit, digit])
+    key = lambda: STEPS["ingest"].key(load_config([f"ingest.extra_dir={extra}"]), None, {})  # noqa: E731
+    first = key()
+    assert key() == first  # an unchanged folder: a cache hit
+    Image.fromarray(255 - digit).save(extra / "3" / "new.png")
+    assert key() != first  # a new correction: a new model
