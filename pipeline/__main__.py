@@ -151,7 +151,9 @@ def _show(args) -> int:
 def _nightly(args) -> int:
     from pipeline.config import load_config
     from pipeline.nightly import nightly
+    from pipeline.runner import configure_logging
 
+    configure_logging(sys.stdout)  # unattended: the log and the summary in one stream, one line per event
     return nightly(load_config(args.overrides), args.artifacts)[0]
 
 

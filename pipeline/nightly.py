@@ -20,6 +20,7 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from pipeline.config import Config
+from pipeline.lineage import artifact, status
 from pipeline.store import RUN_RECORD, write_json_atomic
 
 log = logging.getLogger("pipeline")
@@ -87,19 +88,9 @@ def _newest_run(artifacts: Path) -> Path | None:
 
 
 def _interrupted_run(artifacts: Path) -> str | None:
-    """The newest run, if it never finished: with the lock held, no process of ours is running it."""
+    """The newest run, if its process died before it finished."""
     newest = _newest_run(artifacts)
-    if newest is None:
-        return None
-    record = json.loads((newest / RUN_RECORD).read_text())
-    return newest.name if record.get("status") not in ("succeeded", "failed") else None
-
-
-def _artifact(run_dir: Path, record: dict, component: str) -> Path | None:
-    """A component's output as this run used it: its own, or the one the cache reused."""
-    entry = record.get("components", {}).get(component, {})
-    path = Path(entry["reused"]) if entry.get("reused") else run_dir / component
-    return path if path.is_dir() else None
+    return newest.name if newest and status(_read(newest, RUN_RECORD)) == "crashed" else None
 
 
 def _read(path: Path | None, name: str) -> dict:
@@ -112,26 +103,33 @@ def _read(path: Path | None, name: str) -> dict:
 def summarize(run_dir: Path | None, error: str | None, interrupted: str | None, duration_s: float,
               deleted: int) -> dict:
     record = _read(run_dir, RUN_RECORD)
-    ingest = _read(_artifact(run_dir, record, "ingest"), "ingest.json") if run_dir else {}
-    training = _read(_artifact(run_dir, record, "train"), "training.json") if run_dir else {}
-    blessing = _read(_artifact(run_dir, record, "evaluate"), "blessing.json") if run_dir else {}
-    export = _read(_artifact(run_dir, record, "export"), "export.json") if run_dir else {}
+    components = record.get("components", {})
+
+    def output(component: str, name: str) -> dict:
+        return _read(artifact(run_dir, component, record), name) if run_dir else {}
+
+    ingest, training = output("ingest", "ingest.json"), output("train", "training.json")
+    blessing, export = output("evaluate", "blessing.json"), output("export", "export.json")
     extra = ingest.get("extra", {})
     splits = ingest.get("splits", {})
-    resumed_epoch = training.get("resumed_after_epoch", 0) if interrupted else 0
+    trained_now = components.get("train", {}).get("status") == "succeeded"
+    resumed_epoch = training.get("resumed_after_epoch", 0) if trained_now else 0
+    export_entry = components.get("export", {})
     if error:
         pushed = f"not pushed: the run failed ({error})"
+    elif export_entry.get("status") == "cached":
+        pushed = f"not pushed: nothing changed since run {export_entry['from_run']}"
     elif export.get("pushed"):
-        pushed = f"version {export['version']}"
+        pushed = f"pushed version {export['version']}"
     elif export.get("not_pushed_because"):
         pushed = "not pushed: " + "; ".join(export["not_pushed_because"])
     else:
-        pushed = "not pushed: the model is already the one served"
+        pushed = f"not pushed: version {export.get('already_served')} already serves this model"
     return {
         "run_id": run_dir.name if run_dir else None,
         "status": "failed" if error else "succeeded",
         "error": error,
-        "components": {name: c.get("status") for name, c in record.get("components", {}).items()},
+        "components": {name: c.get("status") for name, c in components.items()},
         "data": {
             "train": splits.get("train", {}).get("count"),
             "extra_images": extra.get("count", 0),
@@ -140,7 +138,8 @@ def summarize(run_dir: Path | None, error: str | None, interrupted: str | None, 
         "skipped_files": extra.get("skipped", []),
         "test_accuracy": (blessing.get("candidate") or {}).get("accuracy"),
         "baseline_accuracy": (blessing.get("baseline") or {}).get("accuracy"),
-        "pushed": export.get("version") if export.get("pushed") and not error else None,
+        "pushed": export.get("version") if export.get("pushed") and export_entry.get("status") == "succeeded" else None,
+        "warnings": blessing.get("warnings", []),
         "push_decision": pushed,
         "resumed": {"from_run": interrupted, "training_resumed_after_epoch": resumed_epoch} if interrupted else None,
         "duration_s": duration_s,

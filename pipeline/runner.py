@@ -153,9 +153,9 @@ def _run_step(store: ArtifactStore, run_dir: Path, step: Step, cfg: Config, ctx:
     return Upstream(run_dir / step.name, fp)
 
 
-def configure_logging() -> None:
-    """INFO to stderr for our loggers; the libraries' INFO is per-bundle detail, not progress."""
-    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+def configure_logging(stream=None) -> None:
+    """INFO to stderr (or `stream`) for our loggers; the libraries' INFO is per-bundle detail, not progress."""
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, stream=stream, force=stream is not None)
     for noisy in ("apache_beam", "absl", "tensorflow"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 

@@ -1,0 +1,116 @@
+"""The nightly as cron runs it: a real process, killed or doubled up, over a slice of MNIST."""
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from filelock import FileLock, Timeout
+from PIL import Image
+
+from conftest import REPO, small_overrides
+from pipeline.config import load_config
+from pipeline.nightly import EX_TEMPFAIL, LOCK, SUMMARY, nightly
+
+
+def _start(root, tfds_dir, **settings):
+    args = [a for o in small_overrides(tfds_dir, **settings) for a in ("--set", o)]
+    return subprocess.Popen([sys.executable, "-m", "pipeline", "--artifacts", str(root), "nightly", *args], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(condition, seconds=180):
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def _locked(root) -> bool:
+    try:
+        FileLock(root / LOCK).acquire(timeout=0).lock.release()
+        return False
+    except Timeout:
+        return True
+
+
+@pytest.fixture
+def store(full_run, tmp_path):
+    root = tmp_path / "artifacts"
+    shutil.copytree(full_run[0], root)
+    return root
+
+
+def test_a_second_nightly_exits_75_at_once_while_the_first_runs(tmp_path, tfds_dir):
+    root = tmp_path / "artifacts"
+    first = _start(root, tfds_dir)
+    _wait_for(lambda: (root / LOCK).exists() and _locked(root))
+    started = time.monotonic()
+    second = subprocess.run([sys.executable, "-m", "pipeline", "--artifacts", str(root), "nightly"], cwd=REPO,
+                            capture_output=True, text=True, timeout=60)
+    assert second.returncode == EX_TEMPFAIL and time.monotonic() - started < 15
+    assert "another nightly is running" in second.stderr
+    out, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err
+    summary_line = out.strip().splitlines()[-1]
+    assert summary_line.startswith("nightly succeeded: run ") and "pushed version 1" in summary_line
+    [run_dir] = (root / "runs").iterdir()
+    summary = json.loads((run_dir / SUMMARY).read_text())
+    assert summary["pushed"] == 1 and summary["data"] == {"train": 2000, "extra_images": 0, "test": 500}
+    assert "nightly: " not in out or "INFO" in out  # the night's log lines go to stdout too
+    assert "ingest started" in (run_dir / "run.log").read_text()
+
+
+def test_a_stale_lock_of_a_dead_process_does_not_block(store, tfds_dir):
+    holder = subprocess.Popen([sys.executable, "-c", f"from filelock import FileLock; lock = FileLock({str(store / LOCK)!r}); lock.acquire(); "
+                               "import time; time.sleep(600)"])
+    _wait_for(lambda: _locked(store))
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    assert (store / LOCK).exists()  # left behind, but the OS released the lock with the process
+    status, summary = nightly(load_config(small_overrides(tfds_dir)), store)
+    assert status == 0 and set(summary["components"].values()) == {"cached"}  # nothing new: seconds
+    assert summary["push_decision"].startswith("not pushed: nothing changed since run")
+
+
+def test_a_nightly_killed_in_training_resumes_there_and_completes(store, tfds_dir):
+    settings = {"train.epochs": 8, "train.stop": "none"}
+    killed = _start(store, tfds_dir, **settings)
+    metadata = lambda: list((store / "backups").glob("*/training_metadata.json"))  # noqa: E731
+    _wait_for(lambda: metadata() or killed.poll() is not None)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    done = json.loads(metadata()[0].read_text())["epoch"]
+    assert 1 <= done < 8
+
+    status, summary = nightly(load_config(small_overrides(tfds_dir, **settings)), store)
+    assert status == 0
+    assert summary["resumed"]["training_resumed_after_epoch"] == done
+    assert summary["components"]["ingest"] == summary["components"]["preprocess"] == "cached"
+    run_dir = store / "runs" / summary["run_id"]
+    training = json.loads((run_dir / "train" / "training.json").read_text())
+    assert training["epochs_run"] == 8 and training["resumed_after_epoch"] == done
+    assert not list((store / "backups").glob("*/*"))  # the finished training's backup is gone
+    crashed = store / "runs" / summary["resumed"]["from_run"]
+    assert not (crashed / "train").exists() and (store / "serving" / "mnist" / "1").is_dir()  # nothing half-made
+
+
+def test_bad_extra_files_are_listed_and_the_night_still_succeeds(store, tfds_dir, tmp_path):
+    extra = tmp_path / "extra"
+    (extra / "4").mkdir(parents=True)
+    digit = np.zeros((28, 28), np.uint8)
+    digit[6:22, 13:16] = 255
+    Image.fromarray(255 - digit).resize((56, 56)).save(extra / "4" / "a.png")
+    (extra / "4" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    (extra / "readme.txt").write_text("corrections of 2026-11-21")
+    status, summary = nightly(load_config(small_overrides(tfds_dir, **{"ingest.extra_dir": extra,
+                                                                       "retention.keep_runs": 1})), store)
+    assert status == 0 and summary["data"]["extra_images"] == 1 and summary["data"]["train"] == 2001
+    assert sorted(s["path"].rsplit("/", 1)[-1] for s in summary["skipped_files"]) == ["broken.png", "readme.txt"]
+    # Retention kept only the newest run, and every run whose artifacts it reuses.
+    record = json.loads((store / "runs" / summary["run_id"] / "run.json").read_text())
+    for component in record["components"].values():
+        assert "reused" not in component or (store / "runs").joinpath(*component["reused"].split("/runs/")[1:]).is_dir()
