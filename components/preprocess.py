@@ -33,7 +33,7 @@ def preprocess(
     transformed: Path,
     *,
     validation_fraction: float = 0.1,
-    runner: str = "DirectRunner",
+    runner: str = "FnApiRunner",
     pipeline_options: list[str] | tuple[str, ...] = (),
     num_shards: int = 2,
 ) -> dict:

@@ -4,7 +4,9 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -44,8 +46,14 @@ def store(full_run, tmp_path):
     return root
 
 
+def _temp_entries() -> set[str]:
+    # pytest keeps its own tmp_path folders under pytest-of-<user>; everything else is ours to answer for.
+    return {p.name for p in Path(tempfile.gettempdir()).iterdir() if not p.name.startswith("pytest-of-")}
+
+
 def test_a_second_nightly_exits_75_at_once_while_the_first_runs(tmp_path, tfds_dir):
     root = tmp_path / "artifacts"
+    temp_before = _temp_entries()
     first = _start(root, tfds_dir)
     _wait_for(lambda: (root / LOCK).exists() and _locked(root))
     started = time.monotonic()
@@ -60,8 +68,9 @@ def test_a_second_nightly_exits_75_at_once_while_the_first_runs(tmp_path, tfds_d
     [run_dir] = (root / "runs").iterdir()
     summary = json.loads((run_dir / SUMMARY).read_text())
     assert summary["pushed"] == 1 and summary["data"] == {"train": 2000, "extra_images": 0, "test": 500}
-    assert "nightly: " not in out or "INFO" in out  # the night's log lines go to stdout too
+    assert " INFO pipeline: ingest started" in out  # the night's log goes to stdout, one timestamped line per event
     assert "ingest started" in (run_dir / "run.log").read_text()
+    assert _temp_entries() - temp_before == set()  # a whole night leaves nothing in the system temp dir
 
 
 def test_a_stale_lock_of_a_dead_process_does_not_block(store, tfds_dir):
