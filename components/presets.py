@@ -26,9 +26,12 @@ class Preset:
 
 
 PRESETS: dict[str, Preset] = {
+    # No early stopping: the cosine schedule fixes the length, and its best epochs are the
+    # last ones, at a small learning rate. Early stopping (val_loss, patience 4) stopped a
+    # full run at epoch 10 on a lucky epoch-6 val_loss, restoring a 99.23% model.
     "best": Preset(
         "best", epochs=18, batch_size=128, optimizer="adam", learning_rate=3e-3,
-        stop="early_stopping", monitor="val_loss", patience=4, schedule="warmup_cosine",
+        stop="none", schedule="warmup_cosine",
     ),
     "seed-000": Preset(
         "seed_000", epochs=10, batch_size=32, optimizer="adam", learning_rate=1e-3,
