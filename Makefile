@@ -8,7 +8,7 @@ ARGS ?=
 MANUAL_DIR ?=
 OFFLINE := $(if $(MANUAL_DIR),--set ingest.manual_dir=$(MANUAL_DIR))
 
-.PHONY: help install pipeline component test models bench-models bench-train bench-user-images clean
+.PHONY: help install pipeline component test models nightly bench-models bench-train bench-user-images clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -28,6 +28,9 @@ component: install ## run one component on the latest upstream artifacts: make c
 	@test -n "$(C)" || { echo "error: name the component, e.g. make component C=train" >&2; exit 2; }
 	$(PY) -m pipeline run $(C) $(OFFLINE) $(ARGS)
 
+nightly: install ## the scheduled retrain: make nightly [MANUAL_DIR=dir] [ARGS='--set ingest.extra_dir=...']
+	$(PY) -m pipeline nightly $(OFFLINE) $(ARGS)
+
 models: install ## list the served model versions
 	$(PY) -m pipeline models
 
@@ -35,7 +38,7 @@ test: install ## run the test suite (needs ../shared/data/mnist, or MNIST_MIRROR
 	$(PY) -m pytest
 
 clean: ## remove run output (artifacts/) but keep the environment
-	rm -rf artifacts/runs artifacts/serving
+	rm -rf artifacts/runs artifacts/serving artifacts/backups
 
 bench-models: install ## train every preset on full MNIST; table + artifacts/benchmarks/models/models.json
 	$(PY) -m benchmarks.models $(OFFLINE) $(ARGS)
