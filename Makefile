@@ -8,7 +8,7 @@ ARGS ?=
 MANUAL_DIR ?=
 OFFLINE := $(if $(MANUAL_DIR),--set ingest.manual_dir=$(MANUAL_DIR))
 
-.PHONY: help install pipeline component test models nightly bench-models bench-train bench-user-images clean
+.PHONY: help install pipeline component test models nightly bench-models bench-train bench-cache bench-user-images clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -45,6 +45,9 @@ bench-models: install ## train every preset on full MNIST; table + artifacts/ben
 
 bench-train: install ## training speed on full MNIST vs model.fit on NumPy: make bench-train [ARGS='--presets best --epochs 3']
 	$(PY) -m benchmarks.train $(OFFLINE) $(ARGS)
+
+bench-cache: install ## wall time of a first, a fully cached and a train-only run: make bench-cache [ARGS='--set ingest.train_split=train[:3000]']
+	$(PY) -m benchmarks.cache $(OFFLINE) $(ARGS)
 
 bench-user-images: install ## accuracy of the served model on test digits re-rendered as users' photos
 	$(PY) -m benchmarks.user_images $(ARGS)

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from benchmarks.user_images import render_like_a_user
-from components.digits import ImageError, load_image, to_mnist
+from components.digits import ImageError, to_mnist
 from components.ingest import read_examples
 from pipeline.__main__ import main
 
