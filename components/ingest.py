@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -46,15 +48,9 @@ def ingest(
     """
     if extra_dir and not Path(extra_dir).is_dir():
         raise FileNotFoundError(f"ingest.extra_dir {extra_dir} is not a folder; point it at <digit>/<image> files or set it to ''")
-    builder = tfds.builder(dataset, data_dir=str(data_dir) if data_dir else None)
-    download_config = None
-    if manual_dir:
-        _check_mirror(builder, Path(manual_dir))
-        download_config = tfds.download.DownloadConfig(manual_dir=str(manual_dir))
-    builder.download_and_prepare(download_config=download_config)
-
     examples = Path(examples)
     examples.mkdir(parents=True, exist_ok=True)
+    builder = prepared_builder(dataset, data_dir, manual_dir, scratch=examples)
     splits = {}
     for name, tfds_split in zip(SPLITS, (train_split, test_split)):
         try:
@@ -82,6 +78,28 @@ def ingest(
     }
     (examples / "ingest.json").write_text(json.dumps(record, indent=2))
     return record
+
+
+def prepared_builder(dataset: str, data_dir=None, manual_dir=None, *, scratch: Path) -> tfds.core.DatasetBuilder:
+    """The TFDS builder with its data prepared: downloaded, or built from `manual_dir`'s files.
+
+    TFDS 4.9.10 makes an empty `tempfile.mkdtemp("tfds")` folder whenever it opens a data
+    dir not yet prepared, and never removes it; the temp dir is pointed into `scratch`
+    meanwhile, and that folder removed, so nothing is left in the system temp dir.
+    """
+    holder = Path(tempfile.mkdtemp(prefix=".tfds-tmp-", dir=scratch))
+    saved, tempfile.tempdir = tempfile.tempdir, str(holder)
+    try:
+        builder = tfds.builder(dataset, data_dir=str(data_dir) if data_dir else None)
+        download_config = None
+        if manual_dir:
+            _check_mirror(builder, Path(manual_dir))
+            download_config = tfds.download.DownloadConfig(manual_dir=str(manual_dir))
+        builder.download_and_prepare(download_config=download_config)
+        return builder
+    finally:
+        tempfile.tempdir = saved
+        shutil.rmtree(holder, ignore_errors=True)
 
 
 def _check_mirror(builder: tfds.core.DatasetBuilder, manual_dir: Path) -> None:

@@ -39,12 +39,10 @@ def mirror() -> Path:
 @pytest.fixture(scope="session")
 def tfds_dir(tmp_path_factory, mirror) -> Path:
     """A TFDS data dir with MNIST prepared once from the mirror, shared by every test."""
-    import tensorflow_datasets as tfds
+    from components.ingest import prepared_builder
 
     path = tmp_path_factory.mktemp("tfds")
-    tfds.builder("mnist", data_dir=str(path)).download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=str(mirror))
-    )
+    prepared_builder("mnist", path, mirror, scratch=tmp_path_factory.mktemp("scratch"))
     return path
 
 

@@ -1,10 +1,16 @@
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import keras
 import numpy as np
 import pytest
 
 from components.models import build
+from conftest import REPO
 from components.presets import PRESETS
 from components.preprocess import preprocess
 from components.ingest import ingest
@@ -152,30 +158,24 @@ def test_every_example_is_seen_exactly_once_per_epoch_in_a_new_order():
 
 
 def test_training_killed_mid_way_resumes_after_its_last_finished_epoch(tmp_path, transformed):
-    import json as json_
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    from conftest import REPO
-
     backup = tmp_path / "backup"
     script = (f"from components.train import train; train({str(transformed)!r}, {str(tmp_path / 'killed')!r}, "
               f"preset='seed-000', epochs=8, stop='none', backup_dir={str(backup)!r})")
-    child = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stderr=subprocess.DEVNULL)
+    # Killed, it cannot remove its temp files (autograph's, at exit): they stay in tmp_path.
+    child = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stderr=subprocess.DEVNULL,
+                             env={**os.environ, "TMPDIR": str(tmp_path)})
     metadata = backup / "training_metadata.json"
     deadline = time.monotonic() + 120
     while not metadata.is_file() and time.monotonic() < deadline and child.poll() is None:
         time.sleep(0.05)
     child.send_signal(signal.SIGKILL)
     child.wait()
-    done = json_.loads(metadata.read_text())["epoch"]
+    done = json.loads(metadata.read_text())["epoch"]
     assert 1 <= done < 8
 
     record = train(transformed, tmp_path / "model", preset="seed-000", epochs=8, stop="none", backup_dir=backup)
     assert record["resumed_after_epoch"] == done
     assert record["epochs_run"] == 8 and [t["epoch"] for t in record["epoch_timings"]] == list(range(1, 9))
-    history = json_.loads((tmp_path / "model" / "history.json").read_text())
+    history = json.loads((tmp_path / "model" / "history.json").read_text())
     assert len(history["accuracy"]) == 8  # the epochs before the kill are reported too
     assert not backup.exists()  # a finished training leaves no backup behind

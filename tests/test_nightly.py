@@ -1,5 +1,6 @@
 """The nightly as cron runs it: a real process, killed or doubled up, over a slice of MNIST."""
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -20,8 +21,13 @@ from pipeline.nightly import EX_TEMPFAIL, LOCK, SUMMARY, nightly
 
 def _start(root, tfds_dir, **settings):
     args = [a for o in small_overrides(tfds_dir, **settings) for a in ("--set", o)]
+    # A process killed by a test cannot clean up its temp files (TensorFlow's autograph
+    # removes them at exit): keep them in the test's own folder.
+    temp = root.parent / "child-temp"
+    temp.mkdir(exist_ok=True)
     return subprocess.Popen([sys.executable, "-m", "pipeline", "--artifacts", str(root), "nightly", *args], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "TMPDIR": str(temp)})
 
 
 def _wait_for(condition, seconds=180):
