@@ -5,21 +5,13 @@ imports TensorFlow.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import psutil
 
 from pipeline.cache import find, read_manifest
 from pipeline.graph import STEPS
-from pipeline.store import MANIFEST, RUN_RECORD, ArtifactStore
-
-
-def _json(path: Path) -> dict:
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return {}
+from pipeline.store import MANIFEST, RUN_RECORD, ArtifactStore, read_json, run_id_of
 
 
 def status(record: dict) -> str:
@@ -38,7 +30,7 @@ def status(record: dict) -> str:
 
 def artifact(run_dir: Path, component: str, record: dict | None = None) -> Path | None:
     """The output of `component` as the run used it: its own, or the one the cache reused."""
-    record = record if record is not None else _json(run_dir / RUN_RECORD)
+    record = record if record is not None else read_json(run_dir / RUN_RECORD)
     entry = record.get("components", {}).get(component, {})
     path = Path(entry["reused"]) if entry.get("reused") else Path(run_dir) / component
     return path if (path / MANIFEST).is_file() else None
@@ -50,7 +42,7 @@ def _result(run_dir: Path, component: str, record: dict) -> dict:
 
 
 def run_row(run_dir: Path) -> dict:
-    record = _json(run_dir / RUN_RECORD)
+    record = read_json(run_dir / RUN_RECORD)
     ingest, export = _result(run_dir, "ingest", record), _result(run_dir, "export", record)
     evaluate = _result(run_dir, "evaluate", record)
     splits = ingest.get("splits", {})
@@ -88,13 +80,8 @@ def _key_results(component: str, result: dict) -> dict:
     return {}
 
 
-def _run_of(path: str) -> str | None:
-    parts = Path(path).parts
-    return parts[parts.index("runs") + 1] if "runs" in parts and parts.index("runs") + 1 < len(parts) else None
-
-
 def show_run(run_dir: Path) -> dict:
-    record = _json(run_dir / RUN_RECORD)
+    record = read_json(run_dir / RUN_RECORD)
     if not record:
         raise FileNotFoundError(f"no run {run_dir.name} in {run_dir.parent}; `python -m pipeline runs` lists them")
     components = {}
@@ -111,7 +98,7 @@ def show_run(run_dir: Path) -> dict:
             "path": str(path) if path else None,
             "fingerprint": (manifest.get("fingerprint") or entry.get("fingerprint") or "")[:12],
             "parameters": manifest.get("parameters", {}),
-            "inputs": {arg: {"path": p, "run": _run_of(p)} for arg, p in manifest.get("inputs", {}).items()},
+            "inputs": {arg: {"path": p, "run": run_id_of(p)} for arg, p in manifest.get("inputs", {}).items()},
             "results": _key_results(name, manifest.get("result") or {}),
             **({"error": entry["error"]} if entry.get("error") else {}),
         }
@@ -133,7 +120,7 @@ def show_version(artifacts: Path, model_base: Path, version: int) -> dict:
     path = trained.path if trained else None
     while path is not None:  # train -> preprocess -> ingest, through each manifest's data input
         manifest = read_manifest(path / MANIFEST) or {}
-        chain.append({"component": manifest.get("component", path.name), "run": _run_of(str(path)), "path": str(path),
+        chain.append({"component": manifest.get("component", path.name), "run": run_id_of(str(path)), "path": str(path),
                       "fingerprint": manifest.get("fingerprint", "")[:12],
                       "results": _key_results(manifest.get("component", path.name), manifest.get("result") or {})})
         inputs = manifest.get("inputs", {})

@@ -11,7 +11,6 @@ worked (pushed or not), 1 when something broke: what cron and systemd alert on.
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
 from contextlib import contextmanager
@@ -21,7 +20,7 @@ from filelock import FileLock, Timeout
 
 from pipeline.config import Config
 from pipeline.lineage import artifact, status
-from pipeline.store import RUN_RECORD, write_json_atomic
+from pipeline.store import RUN_RECORD, read_json, write_json_atomic
 
 log = logging.getLogger("pipeline")
 EX_TEMPFAIL = 75
@@ -77,36 +76,26 @@ def exclusive(artifacts: Path):
         lock.release()
 
 
-def _runs(artifacts: Path) -> list[Path]:
-    runs = artifacts / "runs"
-    return sorted(p for p in runs.iterdir() if (p / RUN_RECORD).is_file()) if runs.is_dir() else []
-
-
 def _newest_run(artifacts: Path) -> Path | None:
-    runs = _runs(artifacts)
-    return runs[-1] if runs else None
+    runs = Path(artifacts) / "runs"
+    found = sorted(p for p in runs.iterdir() if (p / RUN_RECORD).is_file()) if runs.is_dir() else []
+    return found[-1] if found else None
 
 
 def _interrupted_run(artifacts: Path) -> str | None:
     """The newest run, if its process died before it finished."""
     newest = _newest_run(artifacts)
-    return newest.name if newest and status(_read(newest, RUN_RECORD)) == "crashed" else None
-
-
-def _read(path: Path | None, name: str) -> dict:
-    try:
-        return json.loads((path / name).read_text()) if path else {}
-    except (OSError, ValueError):
-        return {}
+    return newest.name if newest and status(read_json(newest / RUN_RECORD)) == "crashed" else None
 
 
 def summarize(run_dir: Path | None, error: str | None, interrupted: str | None, duration_s: float,
               deleted: int) -> dict:
-    record = _read(run_dir, RUN_RECORD)
+    record = read_json(run_dir / RUN_RECORD) if run_dir else {}
     components = record.get("components", {})
 
     def output(component: str, name: str) -> dict:
-        return _read(artifact(run_dir, component, record), name) if run_dir else {}
+        path = artifact(run_dir, component, record) if run_dir else None
+        return read_json(path / name) if path else {}
 
     ingest, training = output("ingest", "ingest.json"), output("train", "training.json")
     blessing, export = output("evaluate", "blessing.json"), output("export", "export.json")

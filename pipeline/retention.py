@@ -14,13 +14,12 @@ dot-name first so that no reader (TF Serving included) ever sees half of one.
 """
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.store import MANIFEST, RUN_RECORD
+from pipeline.store import MANIFEST, RUN_RECORD, read_json, run_id_of
 
 log = logging.getLogger("pipeline")
 
@@ -35,13 +34,6 @@ class Plan:
         return [*self.runs, *self.versions, *self.scratch]
 
 
-def _json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-
-
 def _run_ids_in(record, runs_dir: Path) -> set[str]:
     """Run ids of every artifact path mentioned anywhere in a run record or manifest."""
     found: set[str] = set()
@@ -51,19 +43,16 @@ def _run_ids_in(record, runs_dir: Path) -> set[str]:
     elif isinstance(record, list):
         for value in record:
             found |= _run_ids_in(value, runs_dir)
-    elif isinstance(record, str) and "runs" in Path(record).parts:
-        parts = Path(record).parts
-        i = len(parts) - 1 - parts[::-1].index("runs")
-        if i + 1 < len(parts) and (runs_dir / parts[i + 1]).is_dir():
-            found.add(parts[i + 1])
+    elif isinstance(record, str) and run_id_of(record) and (runs_dir / run_id_of(record)).is_dir():
+        found.add(run_id_of(record))
     return found
 
 
 def _uses(run_dir: Path) -> set[str]:
     """The runs whose artifacts this run reads: inputs in its manifests, reuse in its record."""
-    used = _run_ids_in(_json(run_dir / RUN_RECORD).get("components", {}), run_dir.parent)
+    used = _run_ids_in(read_json(run_dir / RUN_RECORD).get("components", {}), run_dir.parent)
     for manifest in run_dir.glob(f"*/{MANIFEST}"):
-        used |= _run_ids_in(_json(manifest).get("inputs", {}), run_dir.parent)
+        used |= _run_ids_in(read_json(manifest).get("inputs", {}), run_dir.parent)
     return used - {run_dir.name}
 
 
@@ -108,7 +97,7 @@ def _finished_backups(artifacts: Path, runs_dir: Path) -> list[Path]:
     backups = artifacts / "backups"
     if not backups.is_dir():
         return []
-    trained = {_json(m).get("fingerprint") for m in runs_dir.glob(f"*/train/{MANIFEST}")}
+    trained = {read_json(m).get("fingerprint") for m in runs_dir.glob(f"*/train/{MANIFEST}")}
     return [p for p in sorted(backups.iterdir()) if p.name in trained]
 
 

@@ -34,6 +34,24 @@ def write_json_atomic(path: Path, data) -> None:
     os.replace(tmp, path)
 
 
+def read_json(path: Path | None) -> dict:
+    """A record written by the store, or {} when it is missing or unreadable (a killed writer)."""
+    try:
+        found = json.loads(Path(path).read_text()) if path else {}
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def run_id_of(path: str | Path) -> str | None:
+    """The run an artifact path belongs to: the folder after the last `runs` in it."""
+    parts = Path(path).parts
+    if "runs" not in parts:
+        return None
+    i = len(parts) - 1 - parts[::-1].index("runs")
+    return parts[i + 1] if i + 1 < len(parts) else None
+
+
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
