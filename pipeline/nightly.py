@@ -20,7 +20,7 @@ from filelock import FileLock, Timeout
 
 from pipeline.config import Config
 from pipeline.lineage import artifact, status
-from pipeline.store import RUN_RECORD, read_json, write_json_atomic
+from pipeline.store import RUN_RECORD, now, read_json, write_json_atomic
 
 log = logging.getLogger("pipeline")
 EX_TEMPFAIL = 75
@@ -54,9 +54,12 @@ def nightly(cfg: Config, artifacts: Path) -> tuple[int, dict]:
                                cfg.retention.keep_versions, active={run_dir.name} if run_dir else set())
         retention.apply(found)
         summary = summarize(run_dir, error, interrupted, round(time.perf_counter() - started, 1), len(found.paths()))
+        line = one_line(summary)
         if run_dir:
             write_json_atomic(run_dir / SUMMARY, summary)
-        print(one_line(summary), flush=True)
+            with open(run_dir / "run.log", "a") as run_log:  # the night's last word, beside its events
+                run_log.write(f"{now()} INFO pipeline: {line}\n")
+        print(line, flush=True)
         return (1 if error else 0), summary
 
 

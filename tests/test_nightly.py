@@ -75,7 +75,8 @@ def test_a_second_nightly_exits_75_at_once_while_the_first_runs(tmp_path, tfds_d
     summary = json.loads((run_dir / SUMMARY).read_text())
     assert summary["pushed"] == 1 and summary["data"] == {"train": 2000, "extra_images": 0, "test": 500}
     assert " INFO pipeline: ingest started" in out  # the night's log goes to stdout, one timestamped line per event
-    assert "ingest started" in (run_dir / "run.log").read_text()
+    run_log = (run_dir / "run.log").read_text()
+    assert "ingest started" in run_log and run_log.rstrip().endswith(summary_line)
     assert _temp_entries() - temp_before == set()  # a whole night leaves nothing in the system temp dir
 
 
