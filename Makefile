@@ -21,7 +21,7 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed ## build .venv with the pinned dependencies
 
-pipeline: install ## run all five components: make pipeline [MANUAL_DIR=dir] [ARGS='--set k=v ...']
+pipeline: install ## run all six components: make pipeline [MANUAL_DIR=dir] [ARGS='--set k=v ...']
 	$(PY) -m pipeline run $(OFFLINE) $(ARGS)
 
 component: install ## run one component on the latest upstream artifacts: make component C=train [ARGS=...]

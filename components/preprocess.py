@@ -5,7 +5,10 @@ serving graph also uses), splits train into train/validation by a hash of each r
 example (stable across runs and runners), and writes:
   `train-*.tfrecord`, `validation-*.tfrecord`: `image` float32 28x28x1 in [0, 1], `label` int64;
   `statistics.json`: per split (train, validation, test) the count, the per-class
-  histogram and the pixel mean/std, all computed in Beam.
+  histogram, the pixel mean/std/min/max and a pixel-intensity histogram, and per raw
+  split (train, test) the invalid examples by kind, all computed in Beam. Invalid
+  examples (an image that is not 28x28 uint8, a label outside 0..9) are counted and left
+  out of the output; `validate` decides whether the run may go on.
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ FEATURES = {
     "label": tf.io.FixedLenFeature([], tf.int64),
 }
 HASH_BUCKETS = 10_000
+PIXEL_BINS = 20  # of the scaled [0, 1] range, for the drift and skew checks
 
 
 def preprocess(
@@ -48,12 +52,23 @@ def preprocess(
     options = PipelineOptions([f"--runner={runner}", *pipeline_options])
 
     with beam.Pipeline(options=options) as p:
+        invalid = []
+
         def read(split):
-            return (
+            valid, bad = (
                 p
                 | f"Read{split}" >> beam.io.ReadFromTFRecord(str(examples / f"{split}-*.tfrecord"))
                 | f"Decode{split}" >> beam.Map(decode_raw_example)
+                | f"Check{split}" >> beam.Partition(lambda example, _n: int(example[3] is not None), 2)
             )
+            invalid.append(
+                bad
+                | f"Problem{split}" >> beam.Map(lambda example: example[3])
+                | f"CountProblems{split}" >> beam.combiners.Count.PerElement()
+                | f"Problems{split}" >> beam.combiners.ToDict()
+                | f"KeyProblems{split}" >> beam.Map(lambda counts, split=split: (f"invalid/{split}", counts))
+            )
+            return valid
 
         train, validation = read("train") | "SplitByHash" >> beam.Partition(
             lambda example, _n: assign_split(example[0], validation_fraction), 2
@@ -81,10 +96,10 @@ def preprocess(
                 )
             )
         (
-            statistics
+            [*statistics, *invalid]
             | "AllStats" >> beam.Flatten()
             | "OneDict" >> beam.combiners.ToDict()
-            | "ToJson" >> beam.Map(lambda d: json.dumps(dict(sorted(d.items())), indent=2))
+            | "ToJson" >> beam.Map(lambda d: json.dumps(with_invalid_counts(d), indent=2))
             | "WriteStats" >> beam.io.WriteToText(
                 str(transformed / "statistics"), file_name_suffix=".json", num_shards=1, shard_name_template=""
             )
@@ -92,9 +107,26 @@ def preprocess(
     return json.loads((transformed / "statistics.json").read_text())
 
 
-def decode_raw_example(record: bytes) -> tuple[bytes, np.ndarray, int]:
-    """Raw ingest record -> (record bytes for hashing, uint8 image, label)."""
-    return (record, *parse_example(record))
+def decode_raw_example(record: bytes) -> tuple[bytes, np.ndarray | None, int | None, str | None]:
+    """Raw ingest record -> (record bytes for hashing, uint8 image, label, problem): problem
+    is None, or `shape` (not 28x28 uint8 pixels) or `label` (outside 0..9)."""
+    try:
+        image, label = parse_example(record)
+    except (IndexError, KeyError, ValueError):  # a feature missing or of the wrong type
+        return record, None, None, "shape"
+    if image.size != int(np.prod(FEATURES["image"].shape)):
+        return record, None, None, "shape"
+    if not 0 <= label < NUM_CLASSES:
+        return record, None, None, "label"
+    return record, image, label, None
+
+
+def with_invalid_counts(found: dict) -> dict:
+    """The per-split statistics, each raw split with its invalid examples by kind."""
+    statistics = {name: stats for name, stats in found.items() if not name.startswith("invalid/")}
+    for name, stats in statistics.items():
+        stats["invalid"] = found.get(f"invalid/{name}", {})
+    return dict(sorted(statistics.items()))
 
 
 def assign_split(record: bytes, validation_fraction: float) -> int:
@@ -106,8 +138,8 @@ def assign_split(record: bytes, validation_fraction: float) -> int:
 
 def scale_batch(batch: list[tuple[bytes, np.ndarray, int]]) -> list[tuple[np.ndarray, int]]:
     """Scales a batch at once: one TF op call per few hundred images, not per image."""
-    images = scale_pixels(np.stack([image for _, image, _ in batch])).numpy()
-    return [(image, label) for image, (_, _, label) in zip(images, batch)]
+    images = scale_pixels(np.stack([example[1] for example in batch])).numpy()
+    return [(image, example[2]) for image, example in zip(images, batch)]
 
 
 def serialize_transformed(example: tuple[np.ndarray, int]) -> bytes:
@@ -120,10 +152,12 @@ def serialize_transformed(example: tuple[np.ndarray, int]) -> bytes:
 
 
 class SplitStatistics(beam.CombineFn):
-    """Count, per-class histogram and pixel mean/std of one split, mergeable across workers."""
+    """Count, per-class histogram, pixel mean/std/min/max and pixel-intensity histogram of
+    one split, mergeable across workers."""
 
     def create_accumulator(self):
-        return [0, np.zeros(NUM_CLASSES, np.int64), 0.0, 0.0]  # count, histogram, sum, sum of squares
+        # count, class histogram, pixel sum, sum of squares, min, max, pixel histogram
+        return [0, np.zeros(NUM_CLASSES, np.int64), 0.0, 0.0, np.inf, -np.inf, np.zeros(PIXEL_BINS, np.int64)]
 
     def add_input(self, acc, example):
         image, label = example
@@ -132,14 +166,17 @@ class SplitStatistics(beam.CombineFn):
         acc[1][label] += 1
         acc[2] += pixels.sum()
         acc[3] += np.square(pixels).sum()
+        acc[4], acc[5] = min(acc[4], pixels.min()), max(acc[5], pixels.max())
+        acc[6] += np.histogram(np.clip(pixels, 0.0, 1.0), bins=PIXEL_BINS, range=(0.0, 1.0))[0]
         return acc
 
     def merge_accumulators(self, accumulators):
-        counts, histograms, totals, totals_sq = zip(*accumulators)
-        return [sum(counts), np.sum(histograms, axis=0), sum(totals), sum(totals_sq)]
+        counts, classes, totals, totals_sq, lows, highs, pixels = zip(*accumulators)
+        return [sum(counts), np.sum(classes, axis=0), sum(totals), sum(totals_sq), min(lows), max(highs),
+                np.sum(pixels, axis=0)]
 
     def extract_output(self, acc):
-        count, histogram, total, total_sq = acc
+        count, histogram, total, total_sq, low, high, pixels = acc
         n_pixels = max(count, 1) * int(np.prod(FEATURES["image"].shape))
         mean = total / n_pixels
         return {
@@ -147,4 +184,7 @@ class SplitStatistics(beam.CombineFn):
             "class_histogram": {str(c): int(n) for c, n in enumerate(histogram)},
             "pixel_mean": float(mean),
             "pixel_std": float(np.sqrt(max(total_sq / n_pixels - mean * mean, 0.0))),
+            "pixel_min": float(low) if count else None,
+            "pixel_max": float(high) if count else None,
+            "pixel_histogram": [float(n) for n in pixels / max(pixels.sum(), 1)],
         }

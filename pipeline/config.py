@@ -55,6 +55,32 @@ class Train(_Section):
         return name
 
 
+class Distances(_Section):
+    classes: float = Field(ge=0.0, le=1.0)  # L-infinity between class distributions
+    pixels: float = Field(ge=0.0, le=1.0)  # Jensen-Shannon distance between pixel histograms
+    pixel_mean: float = Field(ge=0.0)
+    pixel_std: float = Field(ge=0.0)
+
+
+class Validation(_Section):
+    max_invalid: int = Field(ge=0)
+    min_examples: int = Field(ge=1)
+    max_class_imbalance: float = Field(ge=0.0, le=1.0)
+    skew: Distances
+    drift: Distances
+    warn_only: list[str]
+
+    @field_validator("warn_only")
+    @classmethod
+    def _known_checks(cls, names: list[str]) -> list[str]:
+        from components.validate import CHECKS  # NumPy and SciPy only, no TensorFlow
+
+        unknown = [n for n in names if n not in CHECKS]
+        if unknown:
+            raise ValueError(f"unknown check {unknown[0]!r}; checks are {', '.join(CHECKS)}")
+        return names
+
+
 class Evaluate(_Section):
     min_accuracy: float = Field(ge=0.0, le=1.0)
     accuracy_tolerance: float = Field(ge=0.0, le=1.0)
@@ -76,6 +102,7 @@ class Config(_Section):
     seed: int
     ingest: Ingest
     preprocess: Preprocess
+    validation: Validation
     train: Train
     evaluate: Evaluate
     export: Export

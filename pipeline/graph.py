@@ -8,12 +8,16 @@ checksums, not the mirror's folder.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from pipeline.config import Config
-from pipeline.fingerprint import served_digest, source_content, tree_digest
+from pipeline.fingerprint import file_digest, served_digest, source_content, tree_digest
+from pipeline.store import MANIFEST, ArtifactStore, read_json
+
+log = logging.getLogger("pipeline")
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,7 @@ class Step:
     inputs: dict[str, str]  # entry-point argument -> upstream component
     params: Params  # (config, context, upstream artifacts by argument) -> the rest of the arguments
     key: Params | None = None  # what identifies the output; None: the params themselves
+    gate: Callable[[Path, dict], None] | None = None  # (output, result) -> raises to stop the run
 
     @property
     def module(self) -> str:
@@ -67,6 +72,47 @@ def _ingest_key(cfg: Config, ctx: RunContext, upstream: dict) -> dict:
     return {**settings, "source": source_content(cfg.ingest.dataset, cfg.ingest.manual_dir), "extra_images": extra}
 
 
+class DataAnomalies(RuntimeError):
+    """Validation found error-level anomalies: the run stops before training."""
+
+
+def accepted_statistics(artifacts: Path) -> Path | None:
+    """The statistics of the newest data that passed validation: the reference for drift."""
+    runs = ArtifactStore(artifacts).runs
+    for run_dir in sorted(runs.iterdir(), reverse=True) if runs.is_dir() else ():
+        manifest = read_json(run_dir / "validate" / MANIFEST)
+        if manifest and read_json(run_dir / "validate" / "anomalies.json").get("passed"):
+            statistics = Path(manifest["inputs"]["transformed"]) / "statistics.json"
+            if statistics.is_file():
+                return statistics
+    return None
+
+
+def _validate_params(cfg: Config, ctx: RunContext, upstream: dict) -> dict:
+    reference = accepted_statistics(ctx.artifacts)
+    return {**cfg.validation.model_dump(), "reference": str(reference) if reference else None}
+
+
+def _validate_key(cfg: Config, ctx: RunContext, upstream: dict) -> dict:
+    reference = accepted_statistics(ctx.artifacts)
+    return {**cfg.validation.model_dump(), "reference": file_digest(reference) if reference else None}
+
+
+def _stop_on_anomalies(output: Path, anomalies: dict) -> None:
+    """Warnings are logged; any error-level anomaly stops the run, one log line each."""
+    from components.validate import anomaly_lines
+
+    for line in anomaly_lines(anomalies, "warning"):
+        log.warning("data validation warning: %s", line)
+    errors = anomaly_lines(anomalies)
+    for line in errors:
+        log.error("data anomaly: %s", line)
+    if errors:
+        first = errors[0] if len(errors) == 1 else f"{errors[0]} (and {len(errors) - 1} more)"
+        raise DataAnomalies(f"data validation failed, training not started: {first}; "
+                            f"every check is in {output / 'anomalies.json'}")
+
+
 def _evaluate_params(cfg: Config, ctx: RunContext, upstream: dict) -> dict:
     baseline = baseline_version(ctx.model_base, upstream["model"].fingerprint)
     return {**cfg.evaluate.model_dump(), "baseline": str(baseline) if baseline else None}
@@ -91,6 +137,8 @@ STEPS: dict[str, Step] = {
     for step in (
         Step("ingest", "examples", {}, lambda cfg, ctx, up: cfg.ingest.model_dump(), key=_ingest_key),
         Step("preprocess", "transformed", {"examples": "ingest"}, lambda cfg, ctx, up: cfg.preprocess.model_dump()),
+        Step("validate", "validation", {"transformed": "preprocess"}, _validate_params, key=_validate_key,
+             gate=_stop_on_anomalies),
         Step("train", "model", {"transformed": "preprocess"},
              lambda cfg, ctx, up: {**cfg.train.model_dump(), "seed": cfg.seed}),
         Step("evaluate", "evaluation", {"model": "train", "examples": "ingest"}, _evaluate_params, key=_evaluate_key),

@@ -115,6 +115,8 @@ def _run_step(store: ArtifactStore, run_dir: Path, step: Step, cfg: Config, ctx:
     if hit:
         store.update_run(run_dir, step.name, status="cached", reused=str(hit.path), from_run=hit.run_id, fingerprint=fp)
         log.info("%s cached (from run %s)", step.name, hit.run_id)
+        if step.gate:
+            step.gate(hit.path, hit.manifest["result"])
         return Upstream(hit.path, fp)
 
     extra = {"backup_dir": Path(ctx.artifacts) / RESUMABLE[step.name] / fp} if step.name in RESUMABLE else {}
@@ -150,6 +152,8 @@ def _run_step(store: ArtifactStore, run_dir: Path, step: Step, cfg: Config, ctx:
         raise
     store.update_run(run_dir, step.name, status="succeeded", duration_s=duration)
     log.info("%s succeeded in %.1fs", step.name, duration)
+    if step.gate:
+        step.gate(run_dir / step.name, result)
     return Upstream(run_dir / step.name, fp)
 
 
