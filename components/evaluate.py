@@ -2,9 +2,11 @@
 
 Output (`evaluation/`): `metrics.json` (loss, accuracy, per-class recall),
 `classification_report.txt` and `.json` (scikit-learn), `confusion_matrix.json`
-(counts; rows are true labels) and `confusion_matrix.png` (seaborn heatmap), and
-`blessing.json`: blessed or not, with every reason, after comparing with the
-currently served model (the baseline) on the same images.
+(counts; rows are true labels), `confusion_matrix.png` (seaborn heatmap) and
+`confusion_matrix_errors.png` (the off-diagonal cells only, on their own colour scale),
+`worst_misclassified.png` and `.json` (the most confident mistakes), and
+`blessing.json`: blessed or not, with every reason and both models' per-class recall,
+after comparing with the currently served model (the baseline) on the same images.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from components.ingest import read_examples
 from components.transform import NUM_CLASSES, scale_pixels
 
 CLASSES = list(range(NUM_CLASSES))
+WORST_SHOWN = 24  # misclassified test images in the grid, most confident first
 log = logging.getLogger(__name__)
 
 
@@ -103,19 +106,51 @@ def evaluate(
     out = Path(evaluation)
     out.mkdir(parents=True, exist_ok=True)
     write_reports(out, labels, probabilities.argmax(axis=1), candidate)
+    write_worst_misclassified(out, images, labels, probabilities)
     reasons = judge(candidate, served, min_accuracy=min_accuracy, accuracy_tolerance=accuracy_tolerance,
                     max_recall_drop=max_recall_drop)
     blessing = {
         "blessed": not reasons,
         "reasons": reasons,
-        "candidate": {"model": str(model), "accuracy": candidate["accuracy"], "loss": candidate["loss"]},
-        "baseline": {"model": str(baseline), "accuracy": served["accuracy"], "loss": served["loss"]} if served else None,
+        "candidate": _summary(model, candidate),
+        "baseline": _summary(baseline, served) if served else None,
         "warnings": warnings,
         "thresholds": {"min_accuracy": min_accuracy, "accuracy_tolerance": accuracy_tolerance,
                        "max_recall_drop": max_recall_drop},
     }
     (out / "blessing.json").write_text(json.dumps(blessing, indent=2))
     return blessing
+
+
+def _summary(model: Path, metrics: dict) -> dict:
+    return {"model": str(model), **{k: metrics[k] for k in ("accuracy", "loss", "recall")}}
+
+
+def worst_misclassified(labels: np.ndarray, probabilities: np.ndarray, n: int = WORST_SHOWN) -> list[dict]:
+    """The `n` wrong predictions made with the highest confidence, most confident first."""
+    predicted = probabilities.argmax(axis=1)
+    confidence = probabilities.max(axis=1)
+    wrong = np.flatnonzero(predicted != labels)
+    worst = wrong[np.argsort(-confidence[wrong], kind="stable")][:n]
+    return [{"index": int(i), "true": int(labels[i]), "predicted": int(predicted[i]),
+             "confidence": round(float(confidence[i]), 4)} for i in worst]
+
+
+def write_worst_misclassified(out: Path, images: np.ndarray, labels: np.ndarray, probabilities: np.ndarray) -> None:
+    worst = worst_misclassified(labels, probabilities)
+    (out / "worst_misclassified.json").write_text(json.dumps(worst, indent=2))
+    columns = 8
+    rows = max(1, -(-len(worst) // columns))
+    fig = Figure(figsize=(columns * 1.3, rows * 1.55))
+    axes = fig.subplots(rows, columns, squeeze=False).ravel()
+    for ax in axes:
+        ax.axis("off")
+    for ax, miss in zip(axes, worst):
+        ax.imshow(images[miss["index"]].reshape(28, 28), cmap="gray_r")
+        ax.set_title(f"true {miss['true']} / pred {miss['predicted']}\n{miss['confidence']:.0%} sure", fontsize=8)
+    fig.suptitle(f"The {len(worst)} most confident mistakes on the test set" if worst else "No mistakes")
+    fig.tight_layout()
+    fig.savefig(out / "worst_misclassified.png", dpi=100)
 
 
 def write_reports(out: Path, labels: np.ndarray, predicted: np.ndarray, metrics: dict) -> None:
@@ -138,3 +173,14 @@ def write_reports(out: Path, labels: np.ndarray, predicted: np.ndarray, metrics:
            title=f"Confusion matrix: {metrics['examples']} test images, accuracy {metrics['accuracy']:.4f}")
     fig.tight_layout()
     fig.savefig(out / "confusion_matrix.png", dpi=100)
+
+    # At 99.7% accuracy the diagonal owns the colour scale; masked, the few errors show.
+    counts = np.array(metrics["confusion_matrix"])
+    fig = Figure(figsize=(8, 7))
+    ax = fig.subplots()
+    sns.heatmap(counts, mask=np.eye(NUM_CLASSES, dtype=bool), annot=True, fmt="d", cmap="Reds", cbar=True,
+                xticklabels=names, yticklabels=names, ax=ax, vmin=0, linewidths=0.5, linecolor="#eee")
+    ax.set(xlabel="predicted digit", ylabel="true digit",
+           title=f"Errors only: {int(counts.sum() - np.trace(counts))} misclassified test images")
+    fig.tight_layout()
+    fig.savefig(out / "confusion_matrix_errors.png", dpi=100)

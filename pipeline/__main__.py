@@ -1,4 +1,4 @@
-"""Command line: `python -m pipeline {run,nightly,models,rollback,predict,presets,gc,schedule} ...`; see --help."""
+"""Command line: `python -m pipeline {run,nightly,runs,show,report,models,rollback,predict,presets,gc,schedule} ...`; see --help."""
 from __future__ import annotations
 
 import argparse
@@ -50,6 +50,10 @@ def _parser() -> argparse.ArgumentParser:
                           help="one run's components and lineage, or (vN) where served version N came from")
     show.add_argument("target", metavar="RUN|vN", help="a run id (see `runs`) or a served version, e.g. v3")
     show.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+    report = sub.add_parser("report", parents=[configured],
+                            help="rebuild a run's report.html and the index of runs; print their paths")
+    report.add_argument("run", nargs="?", help="a run id (default: the newest run); `all` rebuilds every run's")
 
     sub.add_parser("models", parents=[configured], help="list the served model versions")
     rollback = sub.add_parser("rollback", parents=[configured], help="serve an earlier version again")
@@ -114,6 +118,19 @@ def _runs(args) -> int:
         print(f"{row['run']:26}  {row['started_at'] or '?':25}  {row['status']:9}  {row['preset'] or '?':8}  "
               f"{row['train'] if row['train'] is not None else '-':>6}  {row['test'] if row['test'] is not None else '-':>5}  "
               f"{accuracy:8}  {row['pushed'] or '-'}")
+    return 0
+
+
+def _report(args) -> int:
+    from pipeline import report
+
+    runs = sorted(p for p in (args.artifacts / "runs").glob("*") if (p / "run.json").is_file())
+    if not runs:
+        raise FileNotFoundError(f"no runs in {args.artifacts}; run the pipeline first (python -m pipeline run)")
+    chosen = runs if args.run == "all" else [args.artifacts / "runs" / args.run] if args.run else runs[-1:]
+    for run_dir in chosen:
+        print(report.build_report(run_dir))
+    print(report.build_index(args.artifacts, _model_base(args)))
     return 0
 
 
@@ -236,7 +253,7 @@ def _presets(args) -> int:
     return 0
 
 
-COMMANDS = {"run": _run, "runs": _runs, "show": _show, "nightly": _nightly, "gc": _gc, "schedule": _schedule, "models": _models, "rollback": _rollback, "predict": _predict, "presets": _presets}
+COMMANDS = {"run": _run, "runs": _runs, "show": _show, "report": _report, "nightly": _nightly, "gc": _gc, "schedule": _schedule, "models": _models, "rollback": _rollback, "predict": _predict, "presets": _presets}
 
 if __name__ == "__main__":
     sys.exit(main())

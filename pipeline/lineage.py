@@ -70,6 +70,8 @@ def _key_results(component: str, result: dict) -> dict:
         return {name: {"tfds_split": s.get("tfds_split"), "count": s.get("count")} for name, s in result.get("splits", {}).items()}
     if component == "preprocess":
         return {name: s.get("count") for name, s in result.items() if isinstance(s, dict)}
+    if component == "validate":
+        return {k: result.get(k) for k in ("passed", "errors", "warnings")}
     if component == "train":
         return {k: result.get(k) for k in ("epochs_run", "stop_reason", "train_seconds")}
     if component == "evaluate":

@@ -72,6 +72,10 @@ def run(cfg: Config, artifacts: Path, components: list[str] | None = None, *,
         store.update_run(run_dir, status="failed", finished_at=now(), error=str(err))
         raise
     finally:
+        from pipeline.report import build_all  # matplotlib: only once a run has happened
+
+        for path in build_all(run_dir, Path(artifacts), ctx.model_base):
+            log.info("report: %s", path)
         for name in LOGGERS:
             logging.getLogger(name).removeHandler(handler)
         handler.close()

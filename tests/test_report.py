@@ -1,0 +1,78 @@
+"""The run report and the index: built from a real slice run, self-contained, every picture a PNG."""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from pipeline.report import build_report
+from tests.conftest import REPO
+
+SECTIONS = ("statistics", "validation", "training", "test-metrics", "classification-report", "confusion-matrix",
+            "misclassified", "blessing", "lineage")
+
+
+def _images(html: str) -> list[bytes]:
+    return [base64.b64decode(data) for data in re.findall(r'src="data:image/png;base64,([^"]+)"', html)]
+
+
+def test_report_of_a_real_run_has_every_section_and_only_embedded_pngs(full_run):
+    root, run_dir, _ = full_run
+    html = (run_dir / "report.html").read_text()
+    for section in SECTIONS:
+        assert f'id="{section}"' in html, section
+    accuracy = json.loads((run_dir / "evaluate" / "metrics.json").read_text())["accuracy"]
+    assert f"{accuracy:.4f}" in html
+    assert "Not evaluated" not in html and "No model was trained" not in html
+    images = _images(html)
+    assert len(images) == 6  # class and pixel distributions, curves, two confusion matrices, worst mistakes
+    for data in images:
+        assert data.startswith(b"\x89PNG\r\n\x1a\n")
+        Image.open(io.BytesIO(data)).verify()
+    assert not re.search(r'(src|href)="(https?:)?//', html)  # nothing fetched: opens from disk, offline
+    assert sorted(p.name for p in (run_dir / "report").iterdir()) == sorted(
+        ["class_distribution.png", "pixel_distribution.png", "training_curves.png", "confusion_matrix.png",
+         "confusion_matrix_errors.png", "worst_misclassified.png"])
+
+
+def test_index_lists_runs_and_served_versions_linked_to_their_reports(full_run):
+    root, run_dir, _ = full_run
+    index = (root / "index.html").read_text()
+    assert f'href="runs/{run_dir.name}/report.html"' in index
+    assert (root / "runs" / run_dir.name / "report.html").is_file()
+    assert re.search(r"<td>1</td><td class=\"text ok\">serving</td>", index)
+
+
+def test_report_command_rebuilds_and_prints_paths_without_tensorflow(full_run):
+    root, run_dir, _ = full_run
+    (run_dir / "report.html").unlink()
+    probe = ("import sys, runpy; sys.argv = ['pipeline', '--artifacts', sys.argv[1], 'report'];\n"
+             "try:\n    runpy.run_module('pipeline', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+             "print('tensorflow' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", probe, str(root)], cwd=REPO, capture_output=True, text=True,
+                            timeout=120)
+    lines = result.stdout.split()
+    assert lines[-3:] == [str(run_dir / "report.html"), str(root / "index.html"), "False"], result.stderr
+    assert (run_dir / "report.html").is_file()
+
+
+def test_a_run_stopped_by_validation_still_gets_a_report_saying_why(tmp_path, tfds_dir):
+    from pipeline.config import load_config
+    from pipeline.graph import DataAnomalies
+    from pipeline.runner import run
+    from tests.conftest import small_overrides
+
+    cfg = load_config(small_overrides(tfds_dir, **{"validation.min_examples": 10**6}))
+    with pytest.raises(DataAnomalies, match="empty_split"):
+        run(cfg, tmp_path, components=["ingest", "preprocess", "validate", "train"])
+    run_dir = next((tmp_path / "runs").iterdir())
+    html = build_report(run_dir).read_text()
+    assert "failed: training did not start" in html and "empty_split" in html
+    assert "No model was trained in this run" in html
+    assert (tmp_path / "index.html").is_file()
