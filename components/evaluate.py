@@ -141,7 +141,7 @@ def write_worst_misclassified(out: Path, images: np.ndarray, labels: np.ndarray,
     (out / "worst_misclassified.json").write_text(json.dumps(worst, indent=2))
     columns = 8
     rows = max(1, -(-len(worst) // columns))
-    fig = Figure(figsize=(columns * 1.3, rows * 1.55))
+    fig = Figure(figsize=(columns * 1.3, rows * 1.75))
     axes = fig.subplots(rows, columns, squeeze=False).ravel()
     for ax in axes:
         ax.axis("off")

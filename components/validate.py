@@ -43,7 +43,8 @@ def js_distance(p, q) -> float:
 
 
 def _check(name, split, value, bound, setting, ok, message) -> dict:
-    return {"name": name, "split": split, "value": None if value is None else round(float(value), 6),
+    value = value if value is None or isinstance(value, int) else round(float(value), 6)
+    return {"name": name, "split": split, "value": value,
             "bound": bound, "setting": f"validation.{setting}", "ok": bool(ok), "message": message}
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import jinja2
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from pipeline import lineage
 from pipeline.store import RUN_RECORD, read_json
@@ -46,6 +47,7 @@ def training_curves(history: dict) -> bytes:
             if key in history:
                 ax.plot(range(1, len(history[key]) + 1), history[key], style, marker="o", ms=3, label=key)
         ax.set(xlabel="epoch", title=metric)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend()
     return _png(fig)
