@@ -2,7 +2,7 @@
 
 Reads the ingest output, scales pixels with `transform.scale_pixels` (the function the
 serving graph also uses), splits train into train/validation by a hash of each raw
-example (stable across runs and runners), and writes:
+example's content (stable across runs and runners), and writes:
   `train-*.tfrecord`, `validation-*.tfrecord`: `image` float32 28x28x1 in [0, 1], `label` int64;
   `statistics.json`: per split (train, validation, test) the count, the per-class
   histogram, the pixel mean/std/min/max and a pixel-intensity histogram, and per raw
@@ -108,8 +108,12 @@ def preprocess(
 
 
 def decode_raw_example(record: bytes) -> tuple[bytes, np.ndarray | None, int | None, str | None]:
-    """Raw ingest record -> (record bytes for hashing, uint8 image, label, problem): problem
-    is None, or `shape` (not 28x28 uint8 pixels) or `label` (outside 0..9)."""
+    """Raw ingest record -> (content key, uint8 image, label, problem): problem is None, or
+    `shape` (not 28x28 uint8 pixels) or `label` (outside 0..9).
+
+    The key is the pixels and the label, not the record: protobuf does not fix the order
+    in which a tf.train.Example's feature map is serialized (it follows the process's hash
+    seed), so two ingest runs of the same data can write different bytes."""
     try:
         image, label = parse_example(record)
     except (IndexError, KeyError, ValueError):  # a feature missing or of the wrong type
@@ -118,7 +122,7 @@ def decode_raw_example(record: bytes) -> tuple[bytes, np.ndarray | None, int | N
         return record, None, None, "shape"
     if not 0 <= label < NUM_CLASSES:
         return record, None, None, "label"
-    return record, image, label, None
+    return image.tobytes() + bytes([label]), image, label, None
 
 
 def with_invalid_counts(found: dict) -> dict:
@@ -129,10 +133,10 @@ def with_invalid_counts(found: dict) -> dict:
     return dict(sorted(statistics.items()))
 
 
-def assign_split(record: bytes, validation_fraction: float) -> int:
-    """0 = train, 1 = validation, by a hash of the raw record: the same example always
-    lands in the same split, whatever the runner, ordering or sharding."""
-    bucket = int.from_bytes(hashlib.sha256(record).digest()[:8], "big") % HASH_BUCKETS
+def assign_split(key: bytes, validation_fraction: float) -> int:
+    """0 = train, 1 = validation, by a hash of the example's content key: the same example
+    always lands in the same split, whatever the ingest run, runner, ordering or sharding."""
+    bucket = int.from_bytes(hashlib.sha256(key).digest()[:8], "big") % HASH_BUCKETS
     return int(bucket < validation_fraction * HASH_BUCKETS)
 
 

@@ -21,6 +21,21 @@ def test_assign_split_is_stable_and_near_the_fraction():
     assert 0.27 < np.mean([assign_split(r, 0.3) for r in records]) < 0.33
 
 
+def test_the_split_of_an_example_does_not_depend_on_how_its_record_was_serialized(tmp_path):
+    import subprocess
+    import sys
+
+    from components.preprocess import decode_raw_example
+    from tests.conftest import REPO
+
+    # Protobuf orders a tf.train.Example's feature map by the process's hash seed.
+    probe = "import sys; from components.ingest import serialize_example; sys.stdout.buffer.write(serialize_example(bytes(range(256)) * 3 + bytes(16), 7))"
+    records = {subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, check=True,
+                              env={"PYTHONHASHSEED": seed, "PATH": "/usr/bin:/bin"}).stdout for seed in ("1", "2", "3")}
+    assert len(records) > 1  # the same example, serialized differently
+    assert len({decode_raw_example(r)[0] for r in records}) == 1
+
+
 def test_scale_pixels_is_the_same_in_eager_and_graph_mode():
     pixels = (np.arange(28 * 28) % 256).astype(np.uint8).reshape(1, 28, 28)
     eager = scale_pixels(pixels).numpy()
