@@ -7,12 +7,16 @@ train shard, `train-extra-00000-of-00001.tfrecord`, in the same raw form.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
+import os
 import shutil
+import socket
 import tempfile
 from pathlib import Path
+from urllib.parse import urlparse
 
 import numpy as np
 import tensorflow as tf
@@ -24,6 +28,11 @@ tfds.disable_progress_bar()  # progress bars garble unattended logs
 log = logging.getLogger(__name__)
 SPLITS = ("train", "test")
 EXAMPLES_PER_SHARD = 50_000  # shards keep a later distributed Beam read parallel
+PROBE_SECONDS = 5  # offline, TFDS retries the download for minutes before it gives up
+
+
+class DownloadError(ConnectionError):
+    """The dataset is neither prepared nor downloadable from here."""
 
 
 class MirrorError(FileNotFoundError):
@@ -95,11 +104,30 @@ def prepared_builder(dataset: str, data_dir=None, manual_dir=None, *, scratch: P
         if manual_dir:
             _check_mirror(builder, Path(manual_dir))
             download_config = tfds.download.DownloadConfig(manual_dir=str(manual_dir))
+        elif not builder.is_prepared():
+            _check_reachable(builder)
         builder.download_and_prepare(download_config=download_config)
         return builder
     finally:
         tempfile.tempdir = saved
         shutil.rmtree(holder, ignore_errors=True)
+
+
+def _check_reachable(builder: tfds.core.DatasetBuilder) -> None:
+    """Fails in seconds, with the fix, where TFDS would retry for minutes and then print a
+    urllib3 error. Behind a proxy the direct probe proves nothing, so it is skipped."""
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return
+    for url in builder.url_infos or {}:
+        host = urlparse(url).hostname
+        try:
+            socket.create_connection((host, 443), timeout=PROBE_SECONDS).close()
+        except OSError as err:
+            raise DownloadError(
+                f"{builder.name} could not be downloaded: {host} is unreachable ({err}); offline, point the "
+                f"pipeline at the original files: make pipeline MANUAL_DIR=dir, or --set ingest.manual_dir=dir"
+            ) from None
+        return  # every file comes from the same host
 
 
 def _check_mirror(builder: tfds.core.DatasetBuilder, manual_dir: Path) -> None:
@@ -116,6 +144,12 @@ def _check_mirror(builder: tfds.core.DatasetBuilder, manual_dir: Path) -> None:
         if path.stat().st_size != int(info.size):
             raise MirrorError(
                 f"mirror file {path} has {path.stat().st_size} bytes, TFDS expects {int(info.size)}; replace it with the original"
+            )
+        # TFDS's own mismatch message names a temporary "downloaded to" path, not this file.
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        if digest != info.checksum:
+            raise MirrorError(
+                f"mirror file {path} has sha256 {digest}, TFDS expects {info.checksum}; replace it with the original"
             )
 
 

@@ -99,3 +99,39 @@ def test_extra_images_count_by_content_in_ingests_fingerprint(tmp_path):
     assert key() == first  # an unchanged folder: a cache hit
     Image.fromarray(255 - digit).save(extra / "3" / "new.png")
     assert key() != first  # a new correction: a new model
+
+
+def test_mirror_file_of_the_right_size_but_wrong_bytes_is_named_with_the_checksum_expected(tmp_path, mirror):
+    partial = tmp_path / "mirror"
+    partial.mkdir()
+    for f in mirror.glob("*.gz"):
+        (partial / f.name).symlink_to(f)
+    original = mirror / "t10k-labels-idx1-ubyte.gz"
+    (partial / original.name).unlink()
+    corrupted = bytearray(original.read_bytes())
+    corrupted[100] ^= 0xFF
+    (partial / original.name).write_bytes(bytes(corrupted))
+    expected = "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6"
+    with pytest.raises(MirrorError, match=rf"mirror file {partial / original.name} has sha256 [0-9a-f]{{64}}, "
+                                          rf"TFDS expects {expected}"):
+        ingest(tmp_path / "out", manual_dir=partial, data_dir=tmp_path / "tfds")
+
+
+def test_offline_without_a_mirror_fails_at_once_naming_manual_dir(tmp_path, monkeypatch, capsys):
+    import socket
+
+    from pipeline.__main__ import main
+
+    def no_network(address, timeout=None):
+        raise OSError(101, "Network is unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    for proxy in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(proxy, raising=False)
+    status = main(["--artifacts", str(tmp_path / "artifacts"), "run", "ingest",
+                   "--set", f"ingest.data_dir={tmp_path / 'tfds'}"])
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert status == 1
+    assert error.startswith("error: mnist could not be downloaded: storage.googleapis.com is unreachable")
+    assert "MANUAL_DIR=" in error and "ingest.manual_dir" in error
+    assert not (tmp_path / "tfds" / "downloads").exists()  # TFDS never started its retries
