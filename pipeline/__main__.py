@@ -73,6 +73,10 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.runner import configure_logging
 
     args = _parser().parse_args(argv)
+    if not args.debug and argv is None:  # the real command line, not a caller's in-process main()
+        from pipeline.console import filter_native_logs
+
+        filter_native_logs()
     configure_logging()
     try:
         return COMMANDS[args.command](args)
