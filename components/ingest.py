@@ -14,6 +14,7 @@ import math
 import os
 import shutil
 import socket
+import sys
 import tempfile
 from pathlib import Path
 from urllib.parse import urlparse
@@ -24,7 +25,8 @@ import tensorflow_datasets as tfds
 
 from components.digits import ImageError, labelled_images, load_image, to_mnist
 
-tfds.disable_progress_bar()  # progress bars garble unattended logs
+if not sys.stderr.isatty():
+    tfds.disable_progress_bar()  # a person at a terminal sees TFDS's bars; unattended logs stay lines
 log = logging.getLogger(__name__)
 SPLITS = ("train", "test")
 EXAMPLES_PER_SHARD = 50_000  # shards keep a later distributed Beam read parallel

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from pathlib import Path
 
 import apache_beam as beam
@@ -29,6 +30,7 @@ FEATURES = {
     "label": tf.io.FixedLenFeature([], tf.int64),
 }
 HASH_BUCKETS = 10_000
+_progress = None  # the terminal's bar while an in-process runner runs the job; None in workers
 PIXEL_BINS = 20  # of the scaled [0, 1] range, for the drift and skew checks
 
 
@@ -44,13 +46,38 @@ def preprocess(
     """Run the Beam pipeline; return the statistics it wrote."""
     if not 0.0 < validation_fraction < 1.0:
         raise ValueError(f"validation_fraction must be in (0, 1), got {validation_fraction}")
-    examples, transformed = Path(examples), Path(transformed)
+    # Absolute: a runner's workers do not share the launching process's working directory.
+    examples, transformed = Path(examples).resolve(), Path(transformed).resolve()
     for split in ("train", "test"):
         if not list(examples.glob(f"{split}-*.tfrecord")):
             raise FileNotFoundError(f"no {split} examples in {examples}; run ingest first")
     transformed.mkdir(parents=True, exist_ok=True)
     options = PipelineOptions([f"--runner={runner}", *pipeline_options])
 
+    global _progress
+    if sys.stderr.isatty():
+        from tqdm.auto import tqdm
+
+        total = sum(s.get("count", 0) for s in json.loads((examples / "ingest.json").read_text())["splits"].values()) \
+            if (examples / "ingest.json").is_file() else None
+        _progress = tqdm(total=total, desc="preprocess (Beam)", unit="image", leave=False, file=sys.stderr)
+    try:
+        _run_job(options, examples, transformed, validation_fraction, num_shards)
+    finally:
+        if _progress is not None:
+            _progress.close()
+            _progress = None
+    return json.loads((transformed / "statistics.json").read_text())
+
+
+def _tick(example):
+    if _progress is not None:
+        _progress.update(1)
+    return example
+
+
+def _run_job(options: PipelineOptions, examples: Path, transformed: Path, validation_fraction: float,
+             num_shards: int) -> None:
     with beam.Pipeline(options=options) as p:
         invalid = []
 
@@ -59,6 +86,7 @@ def preprocess(
                 p
                 | f"Read{split}" >> beam.io.ReadFromTFRecord(str(examples / f"{split}-*.tfrecord"))
                 | f"Decode{split}" >> beam.Map(decode_raw_example)
+                | f"Progress{split}" >> beam.Map(_tick)
                 | f"Check{split}" >> beam.Partition(lambda example, _n: int(example[3] is not None), 2)
             )
             invalid.append(
@@ -104,7 +132,6 @@ def preprocess(
                 str(transformed / "statistics"), file_name_suffix=".json", num_shards=1, shard_name_template=""
             )
         )
-    return json.loads((transformed / "statistics.json").read_text())
 
 
 def decode_raw_example(record: bytes) -> tuple[bytes, np.ndarray | None, int | None, str | None]:

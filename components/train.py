@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -75,6 +76,25 @@ class EpochLog(keras.callbacks.Callback):
         metrics = " ".join(f"{k}={v:.4f}" for k, v in sorted((logs or {}).items()) if k != "learning_rate")
         log.info("epoch %d/%d %s (%.1fs, CPU %.0f%% of %d cores)", epoch + 1, self.params["epochs"], metrics, seconds,
                  100 * cpu_seconds / seconds / CORES, CORES)
+
+
+class ProgressBar(keras.callbacks.Callback):
+    """A live bar per epoch (steps, rate, ETA, running metrics) for a person at a terminal;
+    unattended runs keep EpochLog's one line per epoch only."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=self.params["steps"], desc=f"epoch {epoch + 1}/{self.params['epochs']}",
+                        unit="step", leave=False, file=sys.stderr)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.bar.update(1)
+        if batch % 20 == 0:
+            self.bar.set_postfix({k: f"{v:.4f}" for k, v in (logs or {}).items()}, refresh=False)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.bar.close()  # before EpochLog's line, so the two never share a terminal line
 
 
 def resolve_settings(preset: str, **overrides) -> Preset:
@@ -226,7 +246,8 @@ def train(transformed: Path, model: Path, *, preset: str = "best", seed: int = 4
         # The epochs already run drew their shuffles from the same seeded sequence: skip them.
         train_ds = train_ds.skip(resumed_at * steps_per_epoch)
     epoch_log = EpochLog(backup)
-    callbacks = [epoch_log, keras.callbacks.TensorBoard(log_dir=str(model_dir / "logs"))] + [
+    bar = [ProgressBar()] if sys.stderr.isatty() else []
+    callbacks = [*bar, epoch_log, keras.callbacks.TensorBoard(log_dir=str(model_dir / "logs"))] + [
         c for c in (backup, stopper) if c]
 
     model_dir.mkdir(parents=True, exist_ok=True)

@@ -58,3 +58,14 @@ def test_commands_that_need_no_model_never_import_tensorflow(tmp_path):
     result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.stdout.strip().splitlines()[-1] == "[0, 0] []", result.stdout + result.stderr
     assert "seed-004" in result.stdout and "no served versions" in result.stdout
+
+
+def test_tensorflow_start_up_chatter_stays_off_the_console_and_our_log_lines_do_not(tmp_path, tfds_dir):
+    sets = [a for kv in small_overrides(tfds_dir) for a in ("--set", kv)]
+    result = pipeline("--artifacts", tmp_path, "run", "ingest", *sets)
+    assert result.returncode == 0, result.stderr
+    assert "ingest succeeded" in result.stderr
+    for chatter in ("I0000", "E0000", "cuInit", "absl::InitializeLog", "oneDNN custom operations"):
+        assert chatter not in result.stderr
+    debug = pipeline("--artifacts", tmp_path, "--debug", "run", "ingest", *sets)
+    assert "I0000" in debug.stderr  # --debug shows what TensorFlow says: the filter is what hides it
