@@ -76,25 +76,28 @@ class DataAnomalies(RuntimeError):
     """Validation found error-level anomalies: the run stops before training."""
 
 
-def accepted_statistics(artifacts: Path) -> Path | None:
-    """The statistics of the newest data that passed validation: the reference for drift."""
+def accepted_statistics(artifacts: Path, current: Path) -> Path | None:
+    """The reference for drift: the statistics of the newest data that passed validation,
+    other than the data at hand (`current`'s statistics). Data compared with itself would
+    give a key that changes on the first re-run, and no drift to find."""
     runs = ArtifactStore(artifacts).runs
+    own = file_digest(Path(current) / "statistics.json")
     for run_dir in sorted(runs.iterdir(), reverse=True) if runs.is_dir() else ():
         manifest = read_json(run_dir / "validate" / MANIFEST)
         if manifest and read_json(run_dir / "validate" / "anomalies.json").get("passed"):
             statistics = Path(manifest["inputs"]["transformed"]) / "statistics.json"
-            if statistics.is_file():
+            if statistics.is_file() and file_digest(statistics) != own:
                 return statistics
     return None
 
 
 def _validate_params(cfg: Config, ctx: RunContext, upstream: dict) -> dict:
-    reference = accepted_statistics(ctx.artifacts)
+    reference = accepted_statistics(ctx.artifacts, upstream["transformed"].path)
     return {**cfg.validation.model_dump(), "reference": str(reference) if reference else None}
 
 
 def _validate_key(cfg: Config, ctx: RunContext, upstream: dict) -> dict:
-    reference = accepted_statistics(ctx.artifacts)
+    reference = accepted_statistics(ctx.artifacts, upstream["transformed"].path)
     return {**cfg.validation.model_dump(), "reference": file_digest(reference) if reference else None}
 
 

@@ -34,7 +34,8 @@ def test_an_identical_run_executes_no_component(store, full_run, tfds_dir):
     assert record["status"] == "succeeded"
     assert all(c["status"] == "cached" and c["from_run"] == full_run[1].name for c in record["components"].values())
     assert list(record["components"]) == list(STEPS)
-    assert sorted(p.name for p in run_dir.iterdir()) == ["run.json", "run.log"]  # nothing made, nothing copied
+    # Nothing made, nothing copied: only the run's record, log and report.
+    assert sorted(p.name for p in run_dir.iterdir()) == ["report", "report.html", "run.json", "run.log"]
     assert record["components"]["train"]["reused"] == str(store / "runs" / full_run[1].name / "train")
     log = (run_dir / "run.log").read_text()
     assert all(f"{name} cached (from run {full_run[1].name})" in log for name in STEPS)
@@ -43,7 +44,7 @@ def test_an_identical_run_executes_no_component(store, full_run, tfds_dir):
 
 def test_changing_epochs_reruns_train_evaluate_and_export_only(store, tfds_dir):
     statuses = _statuses(_run(store, tfds_dir, **{"train.epochs": 1}))
-    assert statuses == {"ingest": "cached", "preprocess": "cached", "train": "succeeded",
+    assert statuses == {"ingest": "cached", "preprocess": "cached", "validate": "cached", "train": "succeeded",
                         "evaluate": "succeeded", "export": "succeeded"}
 
 
@@ -60,7 +61,7 @@ def test_editing_a_module_preprocess_imports_reruns_preprocess_and_downstream(st
         f.write("\n# an edit to the scaling module, which preprocess imports (ingest does not)\n")
     monkeypatch.setattr(fingerprint, "ROOT", source)
     statuses = _statuses(_run(store, tfds_dir))
-    assert statuses == {"ingest": "cached", "preprocess": "succeeded", "train": "succeeded",
+    assert statuses == {"ingest": "cached", "preprocess": "succeeded", "validate": "succeeded", "train": "succeeded",
                         "evaluate": "succeeded", "export": "succeeded"}
 
 
@@ -68,7 +69,7 @@ def test_a_deleted_output_is_recomputed(store, full_run, tfds_dir):
     shutil.rmtree(store / "runs" / full_run[1].name / "preprocess")
     statuses = _statuses(_run(store, tfds_dir))
     # Recomputed with the same fingerprint, so what follows it is still reused.
-    assert statuses == {"ingest": "cached", "preprocess": "succeeded", "train": "cached",
+    assert statuses == {"ingest": "cached", "preprocess": "succeeded", "validate": "cached", "train": "cached",
                         "evaluate": "cached", "export": "cached"}
 
 
@@ -83,7 +84,7 @@ def test_a_corrupt_manifest_is_a_warning_and_a_recompute(store, full_run, tfds_d
 
 def test_rerun_forces_a_component_and_what_depends_on_it(store, tfds_dir):
     run_dir = run(load_config(small_overrides(tfds_dir)), store, rerun=["train"])
-    assert _statuses(run_dir) == {"ingest": "cached", "preprocess": "cached", "train": "succeeded",
+    assert _statuses(run_dir) == {"ingest": "cached", "preprocess": "cached", "validate": "cached", "train": "succeeded",
                                   "evaluate": "succeeded", "export": "succeeded"}
     # The same seed retrained the same model, which is already served: no second copy.
     export = json.loads((run_dir / "export" / "export.json").read_text())

@@ -67,7 +67,8 @@ def test_rendered_digits_are_classified_as_well_as_raw_ones(full_run, test_digit
     from components.evaluate import predict_saved_model
 
     raw_accuracy = np.mean(predict_saved_model(root / "serving" / "mnist" / "1", images).argmax(1) == labels)
-    assert abs(rendered_accuracy - raw_accuracy) <= 0.01, (rendered_accuracy, raw_accuracy)
+    # 300 digits and a 2-epoch model: 0.03 is 9 digits; benchmarks/user_images.py measures it on a real model.
+    assert abs(rendered_accuracy - raw_accuracy) <= 0.03, (rendered_accuracy, raw_accuracy)
 
 
 def test_each_bad_file_gets_its_error_and_the_rest_are_classified(full_run, test_digits, tmp_path, capsys):

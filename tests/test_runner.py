@@ -38,7 +38,7 @@ def test_one_component_alone_uses_the_latest_upstream(full_run, tmp_path, tfds_d
     cfg = load_config(small_overrides(tfds_dir, **{"train.epochs": 1}))
     run_dir = run(cfg, root, ["train"])
     assert run_dir.name != full_run[1].name
-    assert sorted(p.name for p in run_dir.iterdir()) == ["run.json", "run.log", "train"]
+    assert sorted(p.name for p in run_dir.iterdir()) == ["report", "report.html", "run.json", "run.log", "train"]
     manifest = json.loads((run_dir / "train" / "manifest.json").read_text())
     assert manifest["inputs"]["transformed"] == str(root / "runs" / full_run[1].name / "preprocess")
     assert manifest["result"]["epochs_run"] == 1
@@ -68,7 +68,7 @@ def test_a_failing_component_leaves_no_artifact(full_run, tmp_path, tfds_dir):
     with pytest.raises(ValueError, match="nope"):
         run(cfg, root, ["train"])
     [failed] = [d for d in (root / "runs").iterdir() if d.name != full_run[1].name]
-    assert sorted(p.name for p in failed.iterdir()) == ["run.json", "run.log"]
+    assert sorted(p.name for p in failed.iterdir()) == ["report", "report.html", "run.json", "run.log"]
     record = json.loads((failed / "run.json").read_text())
     assert record["status"] == "failed" and record["components"]["train"]["status"] == "failed"
     assert ArtifactStore(root).latest("train").run_id == full_run[1].name  # the whole one is still latest

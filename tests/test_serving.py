@@ -79,7 +79,9 @@ def test_nightly_flow_pushes_only_models_at_least_as_good(full_run, tmp_path, tf
 
     # A worse candidate: one short epoch on a few hundred images.
     worse = run(load_config(small_overrides(tfds_dir, **{
-        "ingest.train_split": "train[:200]", "train.epochs": 1, "train.batch_size": 256})), root)
+        "ingest.train_split": "train[:200]", "train.epochs": 1, "train.batch_size": 256,
+        # 200 images are too few for the class-share bounds; this test is about the blessing.
+        "validation.warn_only": "[class_balance, skew_classes, drift_classes]"})), root)
     blessing = json.loads((worse / "evaluate" / "blessing.json").read_text())
     assert blessing["blessed"] is False
     assert any("trails the served model" in reason for reason in blessing["reasons"])
@@ -90,7 +92,8 @@ def test_nightly_flow_pushes_only_models_at_least_as_good(full_run, tmp_path, tf
 
     # A better one: more data and epochs than version 1 had.
     better = run(load_config(small_overrides(tfds_dir, **{
-        "ingest.train_split": "train[:6000]", "train.epochs": 3, "evaluate.max_recall_drop": 0.2})), root)
+        "ingest.train_split": "train[:6000]", "train.epochs": 3, "evaluate.max_recall_drop": 0.2,
+        "validation.warn_only": "[drift_classes]"})), root)  # drifts from the 200-image sample, rightly
     assert json.loads((better / "evaluate" / "blessing.json").read_text())["blessed"] is True
     assert serving.versions(base) == [1, 2]
     assert serving.read_push_record(base, 2)["run"] == better.name
