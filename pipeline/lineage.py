@@ -32,7 +32,9 @@ def artifact(run_dir: Path, component: str, record: dict | None = None) -> Path 
     """The output of `component` as the run used it: its own, or the one the cache reused."""
     record = record if record is not None else read_json(run_dir / RUN_RECORD)
     entry = record.get("components", {}).get(component, {})
-    path = Path(entry["reused"]) if entry.get("reused") else Path(run_dir) / component
+    # Through the run that made it: the `reused` path is as the artifacts root was given,
+    # relative to wherever that run was started.
+    path = Path(run_dir).parent / entry["from_run"] / component if entry.get("from_run") else Path(run_dir) / component
     return path if (path / MANIFEST).is_file() else None
 
 

@@ -60,3 +60,18 @@ def test_runs_and_show_never_import_tensorflow(full_run):
     )
     result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.stdout.strip().splitlines()[-1] == "[0, 0, 0] []", result.stdout + result.stderr
+
+
+def test_reused_outputs_are_found_from_any_working_directory(full_run, tmp_path, tfds_dir, monkeypatch):
+    import shutil
+
+    from pipeline.config import load_config
+    from pipeline.lineage import artifact
+    from pipeline.runner import run
+
+    shutil.copytree(full_run[0], tmp_path / "artifacts")
+    monkeypatch.chdir(tmp_path)
+    cached = run(load_config(small_overrides(tfds_dir)), Path("artifacts"))  # a relative root, as `--artifacts` takes
+    monkeypatch.chdir(REPO)
+    found = artifact(tmp_path / cached, "train")
+    assert found == tmp_path / "artifacts" / "runs" / full_run[1].name / "train"
