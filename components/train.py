@@ -250,6 +250,9 @@ def train(transformed: Path, model: Path, *, preset: str = "best", seed: int = 4
     callbacks = [*bar, epoch_log, keras.callbacks.TensorBoard(log_dir=str(model_dir / "logs"))] + [
         c for c in (backup, stopper) if c]
 
+    # TensorFlow's own device lines are kept off the console (pipeline/console.py): say it here.
+    gpus = tf.config.list_logical_devices("GPU")
+    log.info("training on %s", ", ".join(d.name for d in gpus) if gpus else "the CPU (no GPU found)")
     model_dir.mkdir(parents=True, exist_ok=True)
     started, cpu_started = time.perf_counter(), time.process_time()
     fit = net.fit(

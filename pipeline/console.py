@@ -5,7 +5,8 @@ are on`, `cudart_stub.cc] Could not find cuda drivers`, `E0000 ... failed call t
 cuInit` on a machine without a GPU) straight to file descriptor 2, before absl's logging
 is set up, so TF_CPP_MIN_LOG_LEVEL cannot stop them. The command line sends descriptor 2
 through a filter that drops those lines and passes every other one on, while Python's
-own stderr (logging, progress bars, `error:`) keeps the real terminal.
+own stderr (logging, progress bars, `error:`) keeps the real terminal. Where an NVIDIA
+driver is loaded, a failing cuInit is why the GPU goes unused, so those lines pass there.
 """
 from __future__ import annotations
 
@@ -13,22 +14,25 @@ import os
 import re
 import sys
 import threading
+from pathlib import Path
 
-# absl info/warning lines, the absl banner, and the no-GPU errors; other E/F lines pass.
-CHATTER = re.compile(
-    rb"^(?:[IW]\d{4} \d\d:\d\d:\d\d"
-    rb"|WARNING: All log messages before absl::InitializeLog\(\) is called"
-    rb"|E\d{4} .*(?:cuInit|cuda_platform|cuda_executor|cuda_diagnostics|Could not find cuda drivers))"
-)
+NVIDIA_DRIVER = Path("/proc/driver/nvidia")  # present while the NVIDIA kernel module is loaded
 
 
-def interactive() -> bool:
-    """A person is watching: stderr is a terminal (progress bars); otherwise one line per event."""
-    return sys.stderr.isatty()
+def chatter(nvidia_driver: bool) -> re.Pattern:
+    """absl info/warning lines and the absl banner; without a driver, also the no-GPU errors.
+    Other E/F lines pass."""
+    no_gpu = rb"|E\d{4} .*(?:cuInit|cuda_platform|cuda_executor|cuda_diagnostics|Could not find cuda drivers)"
+    return re.compile(
+        rb"^(?:[IW]\d{4} \d\d:\d\d:\d\d"
+        rb"|WARNING: All log messages before absl::InitializeLog\(\) is called"
+        + (b"" if nvidia_driver else no_gpu) + rb")"
+    )
 
 
 def filter_native_logs() -> None:
-    """From now on, lines written to descriptor 2 by native code pass through `CHATTER`."""
+    """From now on, lines written to descriptor 2 by native code pass through `chatter`."""
+    dropped = chatter(NVIDIA_DRIVER.exists())
     sys.stderr.flush()
     terminal = os.dup(2)
     sys.stderr = os.fdopen(os.dup(terminal), "w", buffering=1, encoding=sys.stderr.encoding,
@@ -40,7 +44,7 @@ def filter_native_logs() -> None:
     def forward() -> None:
         with os.fdopen(read, "rb", buffering=0) as lines:
             for line in iter(lines.readline, b""):
-                if not CHATTER.match(line):
+                if not dropped.match(line):
                     os.write(terminal, line)
 
     threading.Thread(target=forward, name="native-log-filter", daemon=True).start()

@@ -69,3 +69,16 @@ def test_tensorflow_start_up_chatter_stays_off_the_console_and_our_log_lines_do_
         assert chatter not in result.stderr
     debug = pipeline("--artifacts", tmp_path, "--debug", "run", "ingest", *sets)
     assert "I0000" in debug.stderr  # --debug shows what TensorFlow says: the filter is what hides it
+
+
+def test_gpu_errors_are_dropped_only_where_no_nvidia_driver_is_loaded():
+    from pipeline.console import chatter
+
+    cu_init = (b"E0000 00:00:1795368295.609881   10538 cuda_platform.cc:52] failed call to cuInit: "
+               b"INTERNAL: CUDA error: Failed call to cuInit: UNKNOWN ERROR (303)\n")
+    one_dnn = b"I0000 00:00:1795368289.935519   10538 port.cc:153] oneDNN custom operations are on.\n"
+    other_error = b"E0000 00:00:1795368295.609881   10538 op_kernel.cc:1857] OP_REQUIRES failed\n"
+    assert chatter(nvidia_driver=False).match(cu_init)  # no GPU here: TensorFlow's probe failing is noise
+    assert not chatter(nvidia_driver=True).match(cu_init)  # a driver but no cuInit: why the GPU goes unused
+    assert chatter(nvidia_driver=True).match(one_dnn) and chatter(nvidia_driver=False).match(one_dnn)
+    assert not chatter(nvidia_driver=False).match(other_error)

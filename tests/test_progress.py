@@ -37,3 +37,11 @@ def test_unattended_run_log_is_one_timestamped_line_per_event(full_run):
     assert "\r" not in log
     lines = log.splitlines()
     assert lines and all(re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (INFO|WARNING|ERROR) ", line) for line in lines)
+
+
+def test_the_run_log_says_which_device_trains(full_run):
+    import tensorflow as tf
+
+    log = (full_run[1] / "run.log").read_text()
+    device = "GPU:0" if tf.config.list_logical_devices("GPU") else "the CPU (no GPU found)"
+    assert re.search(rf"INFO components\.train: training on .*{re.escape(device)}", log), log
