@@ -2,8 +2,9 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
-from conftest import REPO
+from conftest import REPO, small_overrides
 from pipeline import lineage
 from pipeline.store import ArtifactStore
 
