@@ -137,3 +137,26 @@ def test_portable_runner_with_an_external_worker_pool_matches_the_default_runner
     assert "Starting worker with command" in pool_log.read_text()  # the pool's workers ran the job
     _same_output(out, statistics, by_default_runner)
     assert _beam_temp_entries(system_temp) <= before
+
+
+def test_the_scale_benchmarks_numpy_loop_writes_what_beam_writes(slice_examples, by_default_runner, tmp_path):
+    from benchmarks.scale import preprocess_in_numpy
+
+    out = tmp_path / "numpy"
+    statistics = preprocess_in_numpy(slice_examples, out)
+    default_dir, default_statistics = by_default_runner
+    for split, stats in statistics.items():
+        assert stats["count"] == default_statistics[split]["count"]
+        assert stats["pixel_mean"] == pytest.approx(default_statistics[split]["pixel_mean"], rel=1e-9)
+    assert _records(out) == _records(default_dir)
+
+
+def test_the_scale_benchmarks_copies_are_shifted_and_distinct():
+    from benchmarks.scale import shifted_copies
+
+    images = np.random.default_rng(0).integers(0, 256, (50, 28, 28), dtype=np.uint8)
+    copies = list(shifted_copies(images, 4.5))
+    assert [len(c) for c in copies] == [50, 50, 50, 50, 25]
+    np.testing.assert_array_equal(copies[0], images)
+    flat = np.concatenate(copies).reshape(len(copies) * 50 - 25, -1)
+    assert len(np.unique(flat, axis=0)) == len(flat)
