@@ -50,7 +50,7 @@ bench-cache: install ## wall time of a first, a fully cached and a train-only ru
 	$(PY) -m benchmarks.cache $(OFFLINE) $(ARGS)
 
 bench-scale: install ## preprocess (Beam vs NumPy) and a train epoch on 1x/4x/10x MNIST: make bench-scale [ARGS='--sizes 1,4,10 --runner-modes']
-	$(PY) -m benchmarks.scale $(ARGS)
+	$(PY) -m benchmarks.scale $(if $(MANUAL_DIR),--mirror $(MANUAL_DIR)) $(ARGS)
 
 bench-user-images: install ## accuracy of the served model on test digits re-rendered as users' photos
 	$(PY) -m benchmarks.user_images $(ARGS)
