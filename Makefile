@@ -8,7 +8,7 @@ ARGS ?=
 MANUAL_DIR ?=
 OFFLINE := $(if $(MANUAL_DIR),--set ingest.manual_dir=$(MANUAL_DIR))
 
-.PHONY: help install pipeline component test models nightly bench-models bench-train bench-cache bench-user-images clean
+.PHONY: help install pipeline component test models nightly bench-models bench-train bench-cache bench-scale bench-user-images clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -48,6 +48,9 @@ bench-train: install ## training speed on full MNIST vs model.fit on NumPy: make
 
 bench-cache: install ## wall time of a first, a fully cached and a train-only run: make bench-cache [ARGS='--set ingest.train_split=train[:3000]']
 	$(PY) -m benchmarks.cache $(OFFLINE) $(ARGS)
+
+bench-scale: install ## preprocess (Beam vs NumPy) and a train epoch on 1x/4x/10x MNIST: make bench-scale [ARGS='--sizes 1,4,10 --runner-modes']
+	$(PY) -m benchmarks.scale $(if $(MANUAL_DIR),--mirror $(MANUAL_DIR)) $(ARGS)
 
 bench-user-images: install ## accuracy of the served model on test digits re-rendered as users' photos
 	$(PY) -m benchmarks.user_images $(ARGS)

@@ -20,6 +20,7 @@ from pathlib import Path
 import apache_beam as beam
 import numpy as np
 import tensorflow as tf
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from components.ingest import parse_example
@@ -35,8 +36,8 @@ PIXEL_BINS = 20  # of the scaled [0, 1] range, for the drift and skew checks
 
 
 def preprocess(
-    examples: Path,
-    transformed: Path,
+    examples: str | Path,
+    transformed: str | Path,
     *,
     validation_fraction: float = 0.1,
     runner: str = "FnApiRunner",
@@ -47,19 +48,22 @@ def preprocess(
     if not 0.0 < validation_fraction < 1.0:
         raise ValueError(f"validation_fraction must be in (0, 1), got {validation_fraction}")
     # Absolute: a runner's workers do not share the launching process's working directory.
-    examples, transformed = Path(examples).resolve(), Path(transformed).resolve()
+    # Paths go through Beam's FileSystems, so gs:// folders work too (Dataflow's workers see no local disk).
+    examples, transformed = absolute(examples), absolute(transformed)
     for split in ("train", "test"):
-        if not list(examples.glob(f"{split}-*.tfrecord")):
+        if not FileSystems.match([FileSystems.join(examples, f"{split}-*.tfrecord")])[0].metadata_list:
             raise FileNotFoundError(f"no {split} examples in {examples}; run ingest first")
-    transformed.mkdir(parents=True, exist_ok=True)
+    if "://" not in transformed:
+        Path(transformed).mkdir(parents=True, exist_ok=True)
     options = PipelineOptions([f"--runner={runner}", *pipeline_options])
 
     global _progress
     if sys.stderr.isatty():
         from tqdm.auto import tqdm
 
-        total = sum(s.get("count", 0) for s in json.loads((examples / "ingest.json").read_text())["splits"].values()) \
-            if (examples / "ingest.json").is_file() else None
+        ingest_record = Path(examples, "ingest.json")
+        total = sum(s.get("count", 0) for s in json.loads(ingest_record.read_text())["splits"].values()) \
+            if ingest_record.is_file() else None
         _progress = tqdm(total=total, desc="preprocess (Beam)", unit="image", leave=False, file=sys.stderr)
     try:
         _run_job(options, examples, transformed, validation_fraction, num_shards)
@@ -67,7 +71,13 @@ def preprocess(
         if _progress is not None:
             _progress.close()
             _progress = None
-    return json.loads((transformed / "statistics.json").read_text())
+    with FileSystems.open(FileSystems.join(transformed, "statistics.json")) as written:
+        return json.loads(written.read())
+
+
+def absolute(path: str | Path) -> str:
+    """A local path made absolute; a URL such as gs://bucket/folder as it is."""
+    return str(path) if "://" in str(path) else str(Path(path).resolve())
 
 
 def _tick(example):
@@ -76,7 +86,7 @@ def _tick(example):
     return example
 
 
-def _run_job(options: PipelineOptions, examples: Path, transformed: Path, validation_fraction: float,
+def _run_job(options: PipelineOptions, examples: str, transformed: str, validation_fraction: float,
              num_shards: int) -> None:
     with beam.Pipeline(options=options) as p:
         invalid = []
@@ -84,7 +94,7 @@ def _run_job(options: PipelineOptions, examples: Path, transformed: Path, valida
         def read(split):
             valid, bad = (
                 p
-                | f"Read{split}" >> beam.io.ReadFromTFRecord(str(examples / f"{split}-*.tfrecord"))
+                | f"Read{split}" >> beam.io.ReadFromTFRecord(FileSystems.join(examples, f"{split}-*.tfrecord"))
                 | f"Decode{split}" >> beam.Map(decode_raw_example)
                 | f"Progress{split}" >> beam.Map(_tick)
                 | f"Check{split}" >> beam.Partition(lambda example, _n: int(example[3] is not None), 2)
@@ -115,7 +125,7 @@ def _run_job(options: PipelineOptions, examples: Path, transformed: Path, valida
                     scaled
                     | f"Serialize{name}" >> beam.Map(serialize_transformed)
                     | f"Write{name}" >> beam.io.WriteToTFRecord(
-                        str(transformed / name), file_name_suffix=".tfrecord", num_shards=num_shards
+                        FileSystems.join(transformed, name), file_name_suffix=".tfrecord", num_shards=num_shards
                     )
                 )
             statistics.append(
@@ -129,7 +139,7 @@ def _run_job(options: PipelineOptions, examples: Path, transformed: Path, valida
             | "OneDict" >> beam.combiners.ToDict()
             | "ToJson" >> beam.Map(lambda d: json.dumps(with_invalid_counts(d), indent=2))
             | "WriteStats" >> beam.io.WriteToText(
-                str(transformed / "statistics"), file_name_suffix=".json", num_shards=1, shard_name_template=""
+                FileSystems.join(transformed, "statistics"), file_name_suffix=".json", num_shards=1, shard_name_template=""
             )
         )
 
