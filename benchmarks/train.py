@@ -83,12 +83,18 @@ def _train_like_a_notebook(transformed: Path, cfg) -> dict:
     """The seed notebooks' way: the whole split as NumPy arrays straight into `model.fit`."""
     import keras
 
-    from components.train import EpochLog, compiled_model, read_xy, resolve_settings
+    from components.train import EpochLog, compiled_model, read_split, resolve_settings, split_size
 
     train_cfg = cfg.train.model_dump()
     settings = resolve_settings(train_cfg.pop("preset"), **train_cfg)
-    x, y = read_xy(transformed, "train", one_hot=settings.one_hot_labels)
-    validation = read_xy(transformed, "validation", one_hot=settings.one_hot_labels)
+
+    def arrays(split):  # the whole split at once, as a notebook holds it
+        count = split_size(transformed, split)
+        batch = next(iter(read_split(transformed, split, count, one_hot=settings.one_hot_labels)[0]))
+        return tuple(t.numpy() for t in batch)
+
+    x, y = arrays("train")
+    validation = arrays("validation")
     keras.utils.set_random_seed(cfg.seed)
     net = compiled_model(settings, math.ceil(len(x) / settings.batch_size))
     timer = EpochLog()

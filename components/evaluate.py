@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Callable
 
 import keras
 import numpy as np
@@ -21,11 +22,12 @@ import tensorflow as tf
 from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global figure state
 from sklearn.metrics import classification_report, confusion_matrix, log_loss
 
-from components.ingest import read_examples
+from components.ingest import iter_examples
 from components.transform import NUM_CLASSES, scale_pixels
 
 CLASSES = list(range(NUM_CLASSES))
 WORST_SHOWN = 24  # misclassified test images in the grid, most confident first
+BATCH_SIZE = 1000  # test images read and predicted at a time
 log = logging.getLogger(__name__)
 
 
@@ -69,13 +71,17 @@ def judge(candidate: dict, baseline: dict | None, *, min_accuracy: float, accura
     return reasons
 
 
-def predict_saved_model(saved_model: Path, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
-    """Class probabilities from a served SavedModel fed raw uint8 images, as a client would."""
+def serving_function(saved_model: Path) -> Callable[[np.ndarray], np.ndarray]:
+    """A SavedModel's serving signature as a function from raw uint8 images to class
+    probabilities, called as a client would call it."""
     serve = tf.saved_model.load(str(saved_model)).signatures["serving_default"]
-    return np.concatenate(
-        [serve(images=tf.constant(images[i : i + batch_size]))["probabilities"].numpy()
-         for i in range(0, len(images), batch_size)]
-    )
+    return lambda images: serve(images=tf.constant(images))["probabilities"].numpy()
+
+
+def predict_saved_model(saved_model: Path, images: np.ndarray, batch_size: int = BATCH_SIZE) -> np.ndarray:
+    """Class probabilities from a served SavedModel fed raw uint8 images."""
+    predict = serving_function(saved_model)
+    return np.concatenate([predict(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
 
 
 def evaluate(
@@ -88,25 +94,39 @@ def evaluate(
     accuracy_tolerance: float = 0.001,
     max_recall_drop: float = 0.01,
 ) -> dict:
-    """Evaluate `model/model.keras` on the test split of `examples`; return blessing.json."""
-    images, labels = read_examples(examples, "test")
+    """Evaluate `model/model.keras` on the test split of `examples`; return blessing.json.
+
+    The split is read a batch at a time; what is kept of it is each example's label and
+    predicted probabilities (both models'), and the images of the most confident mistakes.
+    """
     net = keras.models.load_model(Path(model) / "model.keras")
-    probabilities = net.predict(scale_pixels(images), batch_size=1000, verbose=0)
+    warnings: list[str] = []
+    served_predict = _try_baseline(lambda: serving_function(baseline), baseline, warnings) if baseline else None
+    labels, probabilities, served_probabilities = [], [], []
+    worst, worst_images, seen = [], {}, 0
+    for images, batch_labels in iter_examples(examples, "test", BATCH_SIZE):
+        batch = np.asarray(net.predict_on_batch(scale_pixels(images)))
+        if served_predict:
+            served_batch = _try_baseline(lambda: served_predict(images), baseline, warnings)
+            if served_batch is None:
+                served_predict = None
+            else:
+                served_probabilities.append(served_batch)
+        batch_worst = worst_misclassified(batch_labels, batch, offset=seen)
+        worst_images.update({miss["index"]: images[miss["index"] - seen] for miss in batch_worst})
+        worst = sorted(worst + batch_worst, key=lambda miss: (-miss["confidence"], miss["index"]))[:WORST_SHOWN]
+        worst_images = {miss["index"]: worst_images[miss["index"]] for miss in worst}
+        labels.append(batch_labels)
+        probabilities.append(batch)
+        seen += len(images)
+    labels, probabilities = np.concatenate(labels), np.concatenate(probabilities)
     candidate = compute_metrics(labels, probabilities)
-    served, warnings = None, []
-    if baseline:
-        try:
-            served = compute_metrics(labels, predict_saved_model(baseline, images))
-        except Exception as err:  # a broken served model must not block the model that replaces it
-            reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
-            warnings.append(f"the served model {baseline} cannot be loaded ({reason}); it is not a baseline, "
-                            f"so the candidate is judged on evaluate.min_accuracy alone and replaces it if blessed")
-            log.warning("%s", warnings[-1])
+    served = compute_metrics(labels, np.concatenate(served_probabilities)) if served_predict else None
 
     out = Path(evaluation)
     out.mkdir(parents=True, exist_ok=True)
     write_reports(out, labels, probabilities.argmax(axis=1), candidate)
-    write_worst_misclassified(out, images, labels, probabilities)
+    write_worst_misclassified(out, worst, worst_images)
     reasons = judge(candidate, served, min_accuracy=min_accuracy, accuracy_tolerance=accuracy_tolerance,
                     max_recall_drop=max_recall_drop)
     blessing = {
@@ -122,23 +142,38 @@ def evaluate(
     return blessing
 
 
+def _try_baseline(call, baseline: Path, warnings: list[str]):
+    """`call()`, or None with a warning: a broken served model must not block the model
+    that replaces it."""
+    try:
+        return call()
+    except Exception as err:
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        warnings.append(f"the served model {baseline} cannot be loaded ({reason}); it is not a baseline, "
+                        f"so the candidate is judged on evaluate.min_accuracy alone and replaces it if blessed")
+        log.warning("%s", warnings[-1])
+        return None
+
+
 def _summary(model: Path, metrics: dict) -> dict:
     return {"model": str(model), **{k: metrics[k] for k in ("accuracy", "loss", "recall")}}
 
 
-def worst_misclassified(labels: np.ndarray, probabilities: np.ndarray, n: int = WORST_SHOWN) -> list[dict]:
-    """The `n` wrong predictions made with the highest confidence, most confident first."""
+def worst_misclassified(labels: np.ndarray, probabilities: np.ndarray, n: int = WORST_SHOWN, *,
+                        offset: int = 0) -> list[dict]:
+    """The `n` wrong predictions made with the highest confidence, most confident first;
+    indices count from `offset` (the batch's first example)."""
     predicted = probabilities.argmax(axis=1)
     confidence = probabilities.max(axis=1)
     wrong = np.flatnonzero(predicted != labels)
     worst = wrong[np.argsort(-confidence[wrong], kind="stable")][:n]
-    return [{"index": int(i), "true": int(labels[i]), "predicted": int(predicted[i]),
-             "confidence": round(float(confidence[i]), 4)} for i in worst]
+    return [{"index": offset + int(i), "true": int(labels[i]), "predicted": int(predicted[i]),
+             "confidence": float(confidence[i])} for i in worst]
 
 
-def write_worst_misclassified(out: Path, images: np.ndarray, labels: np.ndarray, probabilities: np.ndarray) -> None:
-    worst = worst_misclassified(labels, probabilities)
-    (out / "worst_misclassified.json").write_text(json.dumps(worst, indent=2))
+def write_worst_misclassified(out: Path, worst: list[dict], images: dict[int, np.ndarray]) -> None:
+    (out / "worst_misclassified.json").write_text(
+        json.dumps([{**miss, "confidence": round(miss["confidence"], 4)} for miss in worst], indent=2))
     columns = 8
     rows = max(1, -(-len(worst) // columns))
     fig = Figure(figsize=(columns * 1.3, rows * 1.75))

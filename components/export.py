@@ -20,7 +20,7 @@ import tensorflow as tf
 
 from components import serving
 from components.evaluate import predict_saved_model
-from components.ingest import read_examples
+from components.ingest import iter_examples
 from components.transform import scale_pixels
 
 log = logging.getLogger(__name__)
@@ -60,8 +60,7 @@ def export(
     saved_model = Path(exported) / "saved_model"
     build_saved_model(net, saved_model)
 
-    images, _ = read_examples(examples, "test")
-    images = images[:verify_examples]
+    images, _ = next(iter_examples(examples, "test", verify_examples))  # the first batch only
     expected = net.predict(scale_pixels(images), verbose=0)
     served = predict_saved_model(saved_model, images)
     max_diff = float(np.abs(expected - served).max())

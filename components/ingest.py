@@ -30,6 +30,7 @@ if not sys.stderr.isatty():
 log = logging.getLogger(__name__)
 SPLITS = ("train", "test")
 EXAMPLES_PER_SHARD = 50_000  # shards keep a later distributed Beam read parallel
+RAW_FEATURES = {"image": tf.io.FixedLenFeature([], tf.string), "label": tf.io.FixedLenFeature([], tf.int64)}
 PROBE_SECONDS = 5  # offline, TFDS retries the download for minutes before it gives up
 
 
@@ -204,10 +205,21 @@ def _write_split(dataset: tf.data.Dataset, folder: Path, name: str) -> int:
     return count
 
 
-def read_examples(examples: Path, split: str):
-    """One split of an ingest output as (uint8 images (N, 28, 28), int64 labels (N,))."""
+def iter_examples(examples: Path, split: str, batch_size: int = 1000):
+    """One split of an ingest output, batch by batch: (uint8 images (n, 28, 28), int64 labels (n,)).
+    Only one batch is in memory at a time, whatever the split's size."""
     files = sorted(str(p) for p in Path(examples).glob(f"{split}-*.tfrecord"))
     if not files:
         raise FileNotFoundError(f"no {split} examples in {examples}; run ingest first")
-    images, labels = zip(*map(parse_example, tf.data.TFRecordDataset(files).as_numpy_iterator()))
-    return np.stack(images).reshape(-1, 28, 28), np.array(labels, dtype=np.int64)
+
+    def decode(records):
+        example = tf.io.parse_example(records, RAW_FEATURES)
+        return tf.reshape(tf.io.decode_raw(example["image"], tf.uint8), (-1, 28, 28)), example["label"]
+
+    yield from tf.data.TFRecordDataset(files).batch(batch_size).map(decode).as_numpy_iterator()
+
+
+def read_examples(examples: Path, split: str):
+    """One split of an ingest output at once (for small splits and tests): `iter_examples`, joined."""
+    images, labels = zip(*iter_examples(examples, split))
+    return np.concatenate(images), np.concatenate(labels)

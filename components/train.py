@@ -7,7 +7,6 @@ TensorBoard logs under `logs/`.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import math
@@ -17,7 +16,6 @@ import time
 from pathlib import Path
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from components import models
@@ -29,6 +27,8 @@ log = logging.getLogger(__name__)
 CORES = len(os.sched_getaffinity(0))
 PREFETCH_BATCHES = 4
 VALIDATION_BATCH = 1024
+MAX_OPEN_SHARDS = 16
+SHUFFLE_BUFFER = 10_000  # serialized examples, ~3 KB each: ~30 MB, whatever the split's size
 
 
 class StopAtThreshold(keras.callbacks.Callback):
@@ -118,54 +118,72 @@ def stop_callback(settings: Preset) -> keras.callbacks.Callback | None:
     return None
 
 
-def read_split(transformed: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """All examples of a preprocessed split, in an order fixed by their content.
+def split_size(transformed: Path, split: str) -> int:
+    """The number of examples in a preprocessed split, from the statistics Beam counted."""
+    statistics = Path(transformed) / "statistics.json"
+    if not statistics.is_file():
+        raise FileNotFoundError(f"no statistics.json in {transformed}; run preprocess first")
+    count = json.loads(statistics.read_text())[split]["count"]
+    if not count:
+        raise ValueError(f"the {split} split in {transformed} is empty; widen ingest.train_split "
+                         f"or change preprocess.validation_fraction")
+    return count
 
-    Beam spreads examples over shards in no fixed order, so two preprocess runs of the
-    same data differ in layout; sorting by a content hash makes the seeded shuffle,
-    and so the whole training run, reproducible across them.
+
+def batches(records: tf.data.Dataset, count: int, batch_size: int, *, decode=None, shuffle_seed: int | None = None,
+            shuffle_buffer: int = SHUFFLE_BUFFER, skip_epochs: int = 0) -> tuple[tf.data.Dataset, int]:
+    """Endless batches of `count` records, decoded batch by batch, and how many make one epoch.
+
+    Each epoch is exactly one pass over the records (shuffled and batched before the
+    repeat), in a new order drawn from the seed when there is one; only `shuffle_buffer`
+    records are held at a time, whatever the split's size. One iterator serves every
+    epoch (Keras keeps it when given steps per epoch), and tf.data's autotuning is off:
+    the destructor of a finished iterator waited on the autotuning thread for up to as
+    long as the epoch had lasted, leaving both cores idle at the boundary (half of some
+    epochs). Reading and parsing cost a few percent of a training step, so a fixed
+    prefetch keeps the model fed. `skip_epochs` passes over epochs already trained (a
+    resumed training) without decoding them.
+    """
+    if shuffle_seed is not None:
+        records = records.shuffle(shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=True)
+    steps = math.ceil(count / batch_size)
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    ds = records.batch(batch_size).repeat().skip(skip_epochs * steps)
+    if decode is not None:
+        ds = ds.map(decode)
+    return ds.prefetch(PREFETCH_BATCHES).with_options(options), steps
+
+
+def read_split(transformed: Path, split: str, batch_size: int, *, one_hot: bool = False,
+               shuffle_seed: int | None = None, shuffle_buffer: int = SHUFFLE_BUFFER,
+               skip_epochs: int = 0) -> tuple[tf.data.Dataset, int]:
+    """`batches` of (image, label) streamed from a preprocessed split's TFRecord shards.
+
+    The shards are listed in name order (and shuffled from there with the seed), so a given
+    preprocess output always yields the same stream and, with a seed, the same training.
+    Nothing holds more than the shuffle buffer and a few batches. Two preprocess runs of the same data
+    lay examples out differently (Beam fixes neither shard nor order); the cache reuses
+    one preprocess output for as long as the data and code are the same, so that
+    difference only shows when preprocess really ran again.
     """
     files = sorted(str(p) for p in Path(transformed).glob(f"{split}-*.tfrecord"))
     if not files:
         raise FileNotFoundError(f"no {split} shards in {transformed}; run preprocess first")
-    images, labels = [], []
-    for batch in tf.data.TFRecordDataset(files).batch(8192).map(lambda r: tf.io.parse_example(r, FEATURES)):
-        images.append(batch["image"].numpy())
-        labels.append(batch["label"].numpy())
-    if not images:
-        raise ValueError(f"the {split} split in {transformed} is empty; widen ingest.train_split "
-                         f"or change preprocess.validation_fraction")
-    images, labels = np.concatenate(images), np.concatenate(labels)
-    keys = np.array([int.from_bytes(hashlib.blake2b(image.tobytes() + bytes([label]), digest_size=8).digest(), "big")
-                     for image, label in zip(images, labels)], dtype=np.uint64)
-    order = np.argsort(keys, kind="stable")
-    return images[order], labels[order]
 
+    def decode(serialized):
+        example = tf.io.parse_example(serialized, FEATURES)
+        label = tf.one_hot(example["label"], NUM_CLASSES) if one_hot else example["label"]
+        return example["image"], label
 
-def batches(images: np.ndarray, labels: np.ndarray, batch_size: int, *,
-            shuffle_seed: int | None = None) -> tuple[tf.data.Dataset, int]:
-    """Endless batches of (image, label), and how many of them make one epoch.
-
-    Each epoch is exactly one pass over the examples (batched before the repeat), in a
-    new order drawn from the seed when there is one. One iterator serves every epoch
-    (Keras keeps it when given steps per epoch), and tf.data's autotuning is off: the
-    destructor of a finished iterator waited on the autotuning thread for up to as long
-    as the epoch had lasted, leaving both cores idle at the boundary (half of some epochs).
-    This pipeline only copies arrays already in memory, so a fixed prefetch is enough.
-    """
-    ds = tf.data.Dataset.from_tensor_slices((images, labels))
+    # Shards in a new order each epoch, read a record from each in turn: the shuffle buffer
+    # then mixes examples from all over the split, not from the first shard's first records.
+    shards = tf.data.Dataset.from_tensor_slices(files)
     if shuffle_seed is not None:
-        ds = ds.shuffle(len(images), seed=shuffle_seed, reshuffle_each_iteration=True)
-    options = tf.data.Options()
-    options.autotune.enabled = False
-    ds = ds.batch(batch_size).repeat().prefetch(PREFETCH_BATCHES).with_options(options)
-    return ds, math.ceil(len(images) / batch_size)
-
-
-def read_xy(transformed: Path, split: str, *, one_hot: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """`read_split`, with labels one-hot encoded when the preset's loss wants them so."""
-    images, labels = read_split(transformed, split)
-    return images, keras.utils.to_categorical(labels, NUM_CLASSES) if one_hot else labels
+        shards = shards.shuffle(len(files), seed=shuffle_seed, reshuffle_each_iteration=True)
+    records = shards.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), MAX_OPEN_SHARDS))
+    return batches(records, split_size(transformed, split), batch_size, decode=decode,
+                   shuffle_seed=shuffle_seed, shuffle_buffer=shuffle_buffer, skip_epochs=skip_epochs)
 
 
 def _optimizer(settings: Preset, steps_per_epoch: int) -> keras.optimizers.Optimizer:
@@ -221,30 +239,29 @@ class Backup(keras.callbacks.BackupAndRestore):
 
 
 def train(transformed: Path, model: Path, *, preset: str = "best", seed: int = 42,
-          backup_dir: Path | None = None, **overrides) -> dict:
+          backup_dir: Path | None = None, shuffle_buffer: int = SHUFFLE_BUFFER, **overrides) -> dict:
     """Train preset `preset` on `transformed` and save it into `model`; return training.json.
 
     `overrides` are the preset fields (epochs, batch_size, optimizer, learning_rate,
-    stop, monitor, threshold, patience); None keeps the preset's value. With `backup_dir`,
+    stop, monitor, threshold, patience); None keeps the preset's value. The training split
+    streams from its shards through a shuffle buffer of `shuffle_buffer` records. With `backup_dir`,
     every finished epoch is backed up there, and a training killed and started again
     with the same backup_dir resumes after the last finished epoch.
     """
     settings = resolve_settings(preset, **overrides)
     transformed, model_dir = Path(transformed), Path(model)
     keras.utils.set_random_seed(seed)
-    images, labels = read_xy(transformed, "train", one_hot=settings.one_hot_labels)
-    train_ds, steps_per_epoch = batches(images, labels, settings.batch_size, shuffle_seed=seed)
-    val_ds, validation_steps = batches(*read_xy(transformed, "validation", one_hot=settings.one_hot_labels),
-                                       VALIDATION_BATCH)
-
-    net = compiled_model(settings, steps_per_epoch)
-    stopper = stop_callback(settings)
     backup = Backup(backup_dir) if backup_dir else None
     resumed_at = backup.resumed_at if backup else 0
     if resumed_at:
         log.info("resuming training after epoch %d from the backup in %s", resumed_at, backup_dir)
-        # The epochs already run drew their shuffles from the same seeded sequence: skip them.
-        train_ds = train_ds.skip(resumed_at * steps_per_epoch)
+    # A resumed training skips the epochs already run: they drew their shuffles from the same seeded sequence.
+    train_ds, steps_per_epoch = read_split(transformed, "train", settings.batch_size, one_hot=settings.one_hot_labels,
+                                           shuffle_seed=seed, shuffle_buffer=shuffle_buffer, skip_epochs=resumed_at)
+    val_ds, validation_steps = read_split(transformed, "validation", VALIDATION_BATCH, one_hot=settings.one_hot_labels)
+
+    net = compiled_model(settings, steps_per_epoch)
+    stopper = stop_callback(settings)
     epoch_log = EpochLog(backup)
     bar = [ProgressBar()] if sys.stderr.isatty() else []
     callbacks = [*bar, epoch_log, keras.callbacks.TensorBoard(log_dir=str(model_dir / "logs"))] + [
@@ -276,7 +293,7 @@ def train(transformed: Path, model: Path, *, preset: str = "best", seed: int = 4
         "stop_reason": reason,
         "train_seconds": round(train_seconds, 2),
         "train_cpu_seconds": round(train_cpu_seconds, 2),
-        "train_examples": len(images),
+        "train_examples": split_size(transformed, "train"),
         "epoch_timings": epoch_log.timings,
         "resumed_after_epoch": resumed_at,
         "final_metrics": {k: float(vs[-1]) for k, vs in history.items()},

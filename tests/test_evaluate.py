@@ -58,3 +58,18 @@ def test_evaluate_artifacts_of_a_run(full_run):
     assert (evaluation / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     blessing = json.loads((evaluation / "blessing.json").read_text())
     assert blessing["blessed"] is True and blessing["baseline"] is None  # first run: nothing served yet
+
+
+def test_evaluation_read_in_small_batches_matches_one_batch(full_run, tmp_path, monkeypatch):
+    import components.evaluate as evaluate_module
+
+    _, run_dir, _ = full_run
+    results = {}
+    for batch_size in (1000, 64):  # the 500 test images in one batch, then in eight
+        monkeypatch.setattr(evaluate_module, "BATCH_SIZE", batch_size)
+        out = tmp_path / str(batch_size)
+        evaluate_module.evaluate(run_dir / "train", run_dir / "ingest", out, min_accuracy=0.5)
+        results[batch_size] = {name: json.loads((out / name).read_text())
+                               for name in ("metrics.json", "confusion_matrix.json", "worst_misclassified.json")}
+    assert results[64] == results[1000]
+    assert results[64]["worst_misclassified.json"]  # a 2-epoch slice model makes mistakes to rank

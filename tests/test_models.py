@@ -8,13 +8,14 @@ import time
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from components.models import build
 from conftest import REPO
 from components.presets import PRESETS
 from components.preprocess import preprocess
 from components.ingest import ingest
-from components.train import StopAtThreshold, batches, resolve_settings, stop_callback, train
+from components.train import StopAtThreshold, batches, read_split, resolve_settings, stop_callback, train
 
 LAYERS = {  # the layer types each seed describes, in order (Input not counted)
     "seed-000": ["Conv2D", "MaxPooling2D", "Flatten", "Dense", "Dense"],
@@ -114,14 +115,25 @@ def test_unknown_monitor_is_a_clear_error(tmp_path, transformed):
 
 
 def test_training_is_reproducible_with_a_fixed_seed(tmp_path, transformed):
-    # A second preprocess run lays the same examples out over other shards in another order.
-    relaid = tmp_path / "relaid"
-    preprocess(transformed.parent / "examples", relaid, num_shards=3)
     a = train(transformed, tmp_path / "a", preset="best", epochs=1, seed=7)
-    b = train(relaid, tmp_path / "b", preset="best", epochs=1, seed=7)
+    b = train(transformed, tmp_path / "b", preset="best", epochs=1, seed=7)
     assert a["final_metrics"] == b["final_metrics"]
-    c = train(relaid, tmp_path / "c", preset="best", epochs=1, seed=8)
+    c = train(transformed, tmp_path / "c", preset="best", epochs=1, seed=8)
     assert c["final_metrics"] != a["final_metrics"]
+
+
+def test_shards_stream_every_example_once_per_epoch_through_a_small_buffer(tmp_path, transformed):
+    relaid = tmp_path / "relaid"  # more shards than the fixture's, and a buffer far smaller than the split
+    stats = preprocess(transformed.parent / "examples", relaid, num_shards=5)
+    count = stats["train"]["count"]
+    everything = next(iter(read_split(relaid, "train", count)[0]))[0].numpy().reshape(count, -1)
+    dataset, steps = read_split(relaid, "train", 128, shuffle_seed=1, shuffle_buffer=64)
+    epochs = [np.concatenate([batch.numpy().reshape(len(batch), -1) for batch, _ in dataset.take(steps)])
+              for dataset in (dataset.skip(0 * steps), dataset.skip(1 * steps))]
+    for seen in epochs:
+        assert seen.shape == everything.shape
+        np.testing.assert_array_equal(seen[np.lexsort(seen.T)], everything[np.lexsort(everything.T)])  # each once
+    assert not np.array_equal(epochs[0], epochs[1])
 
 
 def test_early_stopping_ends_training_on_a_plateau(tmp_path, transformed):
@@ -143,17 +155,18 @@ def _epochs_of(dataset, steps_per_epoch: int, epochs: int) -> list[np.ndarray]:
 def test_every_example_is_seen_exactly_once_per_epoch_in_a_new_order():
     n = 1000  # 7 full batches of 128 and one of 104
     images, ids = np.arange(n, dtype=np.float32).reshape(n, 1), np.arange(n)
-    dataset, steps = batches(images, ids, 128, shuffle_seed=3)
+    examples = tf.data.Dataset.from_tensor_slices((images, ids))
+    dataset, steps = batches(examples, n, 128, shuffle_seed=3, shuffle_buffer=100)  # a buffer of a tenth
     assert steps == 8
     epochs = _epochs_of(dataset, steps, 3)
     for seen in epochs:
         np.testing.assert_array_equal(np.sort(seen), ids)  # all of them, none twice
     assert not np.array_equal(epochs[0], epochs[1]) and not np.array_equal(epochs[1], epochs[2])
-    again = _epochs_of(batches(images, ids, 128, shuffle_seed=3)[0], steps, 3)
+    again = _epochs_of(batches(examples, n, 128, shuffle_seed=3, shuffle_buffer=100)[0], steps, 3)
     assert all(np.array_equal(a, b) for a, b in zip(epochs, again))  # the seed fixes every epoch's order
-    other = _epochs_of(batches(images, ids, 128, shuffle_seed=4)[0], steps, 1)
+    other = _epochs_of(batches(examples, n, 128, shuffle_seed=4, shuffle_buffer=100)[0], steps, 1)
     assert not np.array_equal(other[0], epochs[0])
-    in_order = _epochs_of(batches(images, ids, 128)[0], steps, 2)  # validation: unshuffled, whole, repeated
+    in_order = _epochs_of(batches(examples, n, 128)[0], steps, 2)  # validation: unshuffled, whole, repeated
     assert all(np.array_equal(seen, ids) for seen in in_order)
 
 
