@@ -85,7 +85,7 @@ def _train_like_a_notebook(transformed: Path, cfg) -> dict:
 
     from components.train import EpochLog, compiled_model, read_split, resolve_settings, split_size
 
-    train_cfg = cfg.train.model_dump()
+    train_cfg = cfg.train.model_dump(exclude={"strategy", "shuffle_buffer"})  # not preset fields
     settings = resolve_settings(train_cfg.pop("preset"), **train_cfg)
 
     def arrays(split):  # the whole split at once, as a notebook holds it

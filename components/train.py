@@ -18,7 +18,7 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from components import models
+from components import distribute, models
 from components.presets import PRESETS, Preset
 from components.preprocess import FEATURES
 from components.transform import NUM_CLASSES
@@ -149,6 +149,9 @@ def batches(records: tf.data.Dataset, count: int, batch_size: int, *, decode=Non
     steps = math.ceil(count / batch_size)
     options = tf.data.Options()
     options.autotune.enabled = False
+    # Under multi_worker every worker reads the same seeded stream and keeps its share of
+    # each batch, so an epoch is still exactly one pass over the split, whatever the shards.
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     ds = records.batch(batch_size).repeat().skip(skip_epochs * steps)
     if decode is not None:
         ds = ds.map(decode)
@@ -238,19 +241,25 @@ class Backup(keras.callbacks.BackupAndRestore):
         self.done.unlink(missing_ok=True)
 
 
-def train(transformed: Path, model: Path, *, preset: str = "best", seed: int = 42,
+def train(transformed: Path, model: Path, *, preset: str = "best", seed: int = 42, strategy: str = "default",
           backup_dir: Path | None = None, shuffle_buffer: int = SHUFFLE_BUFFER, **overrides) -> dict:
     """Train preset `preset` on `transformed` and save it into `model`; return training.json.
 
     `overrides` are the preset fields (epochs, batch_size, optimizer, learning_rate,
     stop, monitor, threshold, patience); None keeps the preset's value. The training split
-    streams from its shards through a shuffle buffer of `shuffle_buffer` records. With `backup_dir`,
-    every finished epoch is backed up there, and a training killed and started again
-    with the same backup_dir resumes after the last finished epoch.
+    streams from its shards through a shuffle buffer of `shuffle_buffer` records. `strategy`
+    names the `tf.distribute` strategy (components/distribute.py); the saved model is the
+    same Keras model whichever trained it. With `backup_dir`, every finished epoch is backed
+    up there (each worker of a multi-worker training in its own folder), and a training
+    killed and started again with the same backup_dir resumes after the last finished epoch.
     """
+    distribution = distribute.strategy(strategy)  # first: multi_worker must precede any TensorFlow op
+    role = distribute.worker(strategy)
     settings = resolve_settings(preset, **overrides)
     transformed, model_dir = Path(transformed), Path(model)
-    keras.utils.set_random_seed(seed)
+    keras.utils.set_random_seed(seed)  # the same on every worker: they draw the same shuffles
+    if backup_dir and role["task"]:
+        backup_dir = Path(backup_dir) / role["task"].replace(":", "-")
     backup = Backup(backup_dir) if backup_dir else None
     resumed_at = backup.resumed_at if backup else 0
     if resumed_at:
@@ -260,7 +269,9 @@ def train(transformed: Path, model: Path, *, preset: str = "best", seed: int = 4
                                            shuffle_seed=seed, shuffle_buffer=shuffle_buffer, skip_epochs=resumed_at)
     val_ds, validation_steps = read_split(transformed, "validation", VALIDATION_BATCH, one_hot=settings.one_hot_labels)
 
-    net = compiled_model(settings, steps_per_epoch)
+    with distribution.scope():
+        net = compiled_model(settings, steps_per_epoch)
+    distribute.prepare_fit(net, train_ds, distribution)
     stopper = stop_callback(settings)
     epoch_log = EpochLog(backup)
     bar = [ProgressBar()] if sys.stderr.isatty() else []
@@ -269,7 +280,9 @@ def train(transformed: Path, model: Path, *, preset: str = "best", seed: int = 4
 
     # TensorFlow's own device lines are kept off the console (pipeline/console.py): say it here.
     gpus = tf.config.list_logical_devices("GPU")
-    log.info("training on %s", ", ".join(d.name for d in gpus) if gpus else "the CPU (no GPU found)")
+    log.info("training on %s, strategy %s with %d replica(s)%s", ", ".join(d.name for d in gpus) if gpus
+             else "the CPU (no GPU found)", strategy, distribution.num_replicas_in_sync,
+             f", as {role['task']} of {role['workers']} workers" if role["task"] else "")
     model_dir.mkdir(parents=True, exist_ok=True)
     started, cpu_started = time.perf_counter(), time.process_time()
     fit = net.fit(
@@ -289,6 +302,10 @@ def train(transformed: Path, model: Path, *, preset: str = "best", seed: int = 4
         "preset": preset,
         "settings": {k: v for k, v in dataclasses.asdict(settings).items()},
         "seed": seed,
+        "strategy": strategy,
+        "replicas": distribution.num_replicas_in_sync,
+        "worker": role,
+        "shuffle_buffer": shuffle_buffer,
         "epochs_run": epochs_run,
         "stop_reason": reason,
         "train_seconds": round(train_seconds, 2),

@@ -44,6 +44,8 @@ class Train(_Section):
     monitor: Optional[str] = None
     threshold: Optional[float] = None
     patience: Optional[int] = Field(default=None, ge=0)
+    strategy: Literal["default", "mirrored", "multi_worker"]
+    shuffle_buffer: int = Field(ge=1)
 
     @field_validator("preset")
     @classmethod

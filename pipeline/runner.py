@@ -53,6 +53,9 @@ def run(cfg: Config, artifacts: Path, components: list[str] | None = None, *,
     if unknown:
         raise ValueError(f"unknown component {unknown[0]!r}; choose one of {', '.join(STEPS)}")
     _check_inputs(store, names)
+    if cfg.train.strategy == "multi_worker" and "train" in names:
+        _join_training_cluster(names)
+        rerun = (*rerun, "train")  # never from the cache: the other workers are waiting for this one to train
     forced = set(components or ()) | downstream(rerun)
 
     me = psutil.Process()
@@ -80,6 +83,22 @@ def run(cfg: Config, artifacts: Path, components: list[str] | None = None, *,
             logging.getLogger(name).removeHandler(handler)
         handler.close()
     return run_dir
+
+
+def _join_training_cluster(names: list[str]) -> None:
+    """Joins this process to the multi-worker training TF_CONFIG describes.
+
+    Every worker trains; only the chief goes on to evaluate and push. The strategy is made
+    before any step runs, since TensorFlow can join a cluster only before its first operation.
+    """
+    from components import distribute
+
+    cluster, task = distribute.cluster_task()
+    after = [n for n in names if n in downstream(["train"]) - {"train"}]
+    if after and not distribute.is_chief(cluster, task):
+        raise ValueError(f"this process is {task['type']} {task['index']} of a multi-worker training, and only the "
+                         f"chief runs {', '.join(after)}; run the train component alone here: {distribute.RUN_WORKER}")
+    distribute.strategy("multi_worker")
 
 
 def _check_inputs(store: ArtifactStore, names: list[str]) -> None:

@@ -1,0 +1,110 @@
+"""The `tf.distribute` strategy that training runs under, by name (`train.strategy`).
+
+- `default`: TensorFlow's default strategy (one device: the CPU, or the first GPU).
+- `mirrored`: `MirroredStrategy`, one replica per local GPU (the CPU alone when none).
+- `multi_worker`: `MultiWorkerMirroredStrategy` across the machines `TF_CONFIG` names;
+  every worker runs the train component, and only the chief goes on to evaluate and push.
+
+TF_CONFIG is read here without importing TensorFlow, so the runner can check a worker's
+role before anything heavy loads.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+
+STRATEGIES = ("default", "mirrored", "multi_worker")
+RUN_WORKER = "python -m pipeline run train --set train.strategy=multi_worker"
+
+
+def cluster_task() -> tuple[dict, dict]:
+    """(cluster, task) from TF_CONFIG, or a one-line error naming what is missing."""
+    raw = os.environ.get("TF_CONFIG")
+    if not raw:
+        raise ValueError('train.strategy=multi_worker needs TF_CONFIG on every worker, e.g. TF_CONFIG=\'{"cluster": '
+                         '{"worker": ["host1:port", "host2:port"]}, "task": {"type": "worker", "index": 0}}\'')
+    try:
+        config = json.loads(raw)
+        cluster, task = config["cluster"], config["task"]
+        task_type, index = task["type"], int(task["index"])
+        hosts = cluster[task_type]
+        if not 0 <= index < len(hosts):
+            raise ValueError(f"task index {index} is not in cluster.{task_type}")
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"TF_CONFIG is not a cluster with this task in it ({err}); see "
+                         f"https://www.tensorflow.org/guide/distributed_training#TF_CONFIG") from None
+    return cluster, {"type": task_type, "index": index}
+
+
+def is_chief(cluster: dict, task: dict) -> bool:
+    """The chief task if the cluster has one, else worker 0: the worker that evaluates and pushes."""
+    if "chief" in cluster:
+        return task["type"] == "chief"
+    return task["type"] == "worker" and task["index"] == 0
+
+
+def worker(strategy_name: str) -> dict:
+    """This process's place in the training cluster, as training.json records it."""
+    if strategy_name != "multi_worker":
+        return {"workers": 1, "task": None, "chief": True}
+    cluster, task = cluster_task()
+    return {"workers": sum(len(cluster.get(t, ())) for t in ("chief", "worker")),
+            "task": f"{task['type']}:{task['index']}", "chief": is_chief(cluster, task)}
+
+
+@functools.cache
+def strategy(name: str):
+    """The strategy called `name`, made once per process.
+
+    MultiWorkerMirroredStrategy configures TensorFlow's collective ops, which is only
+    possible before TensorFlow runs its first operation: the runner makes it before any
+    step, and a component run from a script must make it first thing.
+    """
+    if name not in STRATEGIES:
+        raise ValueError(f"unknown train.strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
+    if name == "multi_worker":
+        cluster_task()  # a clear error before TensorFlow's own
+    import tensorflow as tf
+
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    try:
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    except RuntimeError as err:  # "Collective ops must be configured at program startup"
+        raise RuntimeError(f"train.strategy=multi_worker must be set up before TensorFlow runs anything ({err}); "
+                           f"make components.distribute.strategy('multi_worker') first") from None
+
+
+def prepare_fit(net, dataset, distribution) -> None:
+    """Lets Keras 3's `fit` run under a multi-worker strategy (keras-team/keras#20585).
+
+    Keras 3.15 builds a model at the start of `fit` from a first batch it draws from the
+    training iterator and averages across replicas; MultiWorkerMirroredStrategy cannot
+    average that (x, y) tuple, and under any strategy the drawn batch is lost to training.
+    The model is built here from the dataset's element spec instead. And Keras averages
+    each step's scalar metrics across workers along an axis 0 they do not have; they are
+    averaged as scalars. Both are no-ops under the default strategy.
+    """
+    import keras
+    import tensorflow as tf
+    from keras.src.backend.tensorflow import trainer
+
+    if distribution is tf.distribute.get_strategy():  # the default strategy: Keras needs no help
+        return
+    spec = keras.tree.map_structure(lambda s: keras.KerasTensor(s.shape, s.dtype.name), dataset.element_spec)
+    with distribution.scope():
+        net._symbolic_build(data_batch=spec)
+    net._maybe_symbolic_build = lambda iterator=None, data_batch=None: None
+    if not getattr(trainer.reduce_per_replica, "scalar_mean_across_workers", False):
+        keras_reduce = trainer.reduce_per_replica
+
+        def reduce_per_replica(values, distribution, reduction="auto"):
+            if reduction in ("auto", "mean") and trainer._collective_all_reduce_multi_worker(distribution):
+                return keras.tree.map_structure(lambda v: distribution.reduce("MEAN", v, axis=None), values)
+            return keras_reduce(values, distribution, reduction)
+
+        reduce_per_replica.scalar_mean_across_workers = True
+        trainer.reduce_per_replica = reduce_per_replica
