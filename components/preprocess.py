@@ -42,9 +42,14 @@ def preprocess(
     validation_fraction: float = 0.1,
     runner: str = "FnApiRunner",
     pipeline_options: list[str] | tuple[str, ...] = (),
-    num_shards: int = 2,
+    num_shards: int = 0,
 ) -> dict:
-    """Run the Beam pipeline; return the statistics it wrote."""
+    """Run the Beam pipeline; return the statistics it wrote.
+
+    `num_shards` fixes the TFRecord files per split; 0 lets the runner write one per bundle.
+    A fixed count costs a shuffle of every record into its shard (a GroupByKey), which the
+    in-process runner holds in memory: peak memory then grows with the data.
+    """
     if not 0.0 < validation_fraction < 1.0:
         raise ValueError(f"validation_fraction must be in (0, 1), got {validation_fraction}")
     # Absolute: a runner's workers do not share the launching process's working directory.

@@ -31,7 +31,7 @@ class Preprocess(_Section):
     validation_fraction: float = Field(gt=0.0, lt=1.0)
     runner: str = Field(min_length=1)
     pipeline_options: list[str]
-    num_shards: int = Field(ge=1, le=256)
+    num_shards: int = Field(ge=0, le=256)
 
 
 class Train(_Section):
