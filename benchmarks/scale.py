@@ -191,20 +191,29 @@ def _tree_rss(process) -> int:
 
 
 def _work(way: str, source: Path, out: Path, train_preset: str) -> dict:
-    """What a child process measures: seconds of the work itself, and how many images it took."""
-    started = time.perf_counter()
+    """What a child process measures: seconds of the work itself, and how many images it took.
+
+    Imports come first, outside the timing: TensorFlow and Beam take seconds to import,
+    the same at every size, and would make the small sizes look slow.
+    """
     if way.startswith("beam:"):
         from components.preprocess import preprocess
 
-        stats = preprocess(source, out, pipeline_options=RUNNER_MODES[way.split(":", 1)[1]])
+        def job():
+            return preprocess(source, out, pipeline_options=RUNNER_MODES[way.split(":", 1)[1]])
     elif way == "numpy":
-        stats = preprocess_in_numpy(source, out)
+        import components.preprocess  # noqa: F401  (the functions the loop calls, and TensorFlow)
+
+        def job():
+            return preprocess_in_numpy(source, out)
     else:
         from components.train import train
 
-        train(source, out, preset=train_preset, epochs=1, stop="none")
-        stats = json.loads((source / "statistics.json").read_text())
-        stats = {"train": stats["train"]}  # one epoch over the train split
+        def job():
+            train(source, out, preset=train_preset, epochs=1, stop="none")
+            return {"train": json.loads((source / "statistics.json").read_text())["train"]}  # one epoch over train
+    started = time.perf_counter()
+    stats = job()
     images = sum(s["count"] for name, s in stats.items() if name in ("train", "validation", "test"))
     return {"seconds": time.perf_counter() - started, "images": images,
             "statistics": {name: {k: s[k] for k in ("count", "pixel_mean")} for name, s in stats.items()}}
