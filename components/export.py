@@ -31,6 +31,7 @@ def build_saved_model(net: keras.Model, path: Path) -> None:
     archive = keras.export.ExportArchive()
     archive.track(net)
 
+    @tf.autograph.experimental.do_not_convert  # plain TF ops; autograph would leave a temp file if killed
     def serve(images):
         probabilities = net(scale_pixels(images), training=False)
         return {"probabilities": probabilities, "classes": tf.argmax(probabilities, axis=-1)}

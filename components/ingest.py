@@ -212,6 +212,7 @@ def iter_examples(examples: Path, split: str, batch_size: int = 1000):
     if not files:
         raise FileNotFoundError(f"no {split} examples in {examples}; run ingest first")
 
+    @tf.autograph.experimental.do_not_convert  # plain TF ops; autograph would leave a temp file if killed
     def decode(records):
         example = tf.io.parse_example(records, RAW_FEATURES)
         return tf.reshape(tf.io.decode_raw(example["image"], tf.uint8), (-1, 28, 28)), example["label"]

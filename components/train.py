@@ -174,6 +174,7 @@ def read_split(transformed: Path, split: str, batch_size: int, *, one_hot: bool 
     if not files:
         raise FileNotFoundError(f"no {split} shards in {transformed}; run preprocess first")
 
+    @tf.autograph.experimental.do_not_convert  # plain TF ops; autograph would leave a temp file if killed
     def decode(serialized):
         example = tf.io.parse_example(serialized, FEATURES)
         label = tf.one_hot(example["label"], NUM_CLASSES) if one_hot else example["label"]

@@ -7,9 +7,13 @@ Beam or TFDS.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import logging
+import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -66,9 +70,10 @@ def run(cfg: Config, artifacts: Path, components: list[str] | None = None, *,
     log.info("run %s started in %s", run_dir.name, run_dir)
     produced: dict[str, Upstream] = {}
     try:
-        for name in names:
-            produced[name] = _run_step(store, run_dir, STEPS[name], cfg, ctx, produced,
-                                       use_cache=use_cache and name not in forced)
+        with _temp_dir_in(run_dir):
+            for name in names:
+                produced[name] = _run_step(store, run_dir, STEPS[name], cfg, ctx, produced,
+                                           use_cache=use_cache and name not in forced)
         store.update_run(run_dir, status="succeeded", finished_at=now())
         log.info("run %s succeeded", run_dir.name)
     except BaseException as err:
@@ -83,6 +88,26 @@ def run(cfg: Config, artifacts: Path, components: list[str] | None = None, *,
             logging.getLogger(name).removeHandler(handler)
         handler.close()
     return run_dir
+
+
+@contextlib.contextmanager
+def _temp_dir_in(run_dir: Path):
+    """Sends the libraries' temp files (Beam's pipeline folder, autograph's modules, ...) into
+    the run while it runs, and removes them after: they clean up only at a clean exit, so a
+    run killed mid-step leaves them in its own folder, never in the system temp dir."""
+    temp = run_dir / ".tmp"
+    temp.mkdir()
+    saved = tempfile.tempdir, os.environ.get("TMPDIR")
+    tempfile.tempdir = os.environ["TMPDIR"] = str(temp)  # TMPDIR for the processes a step starts
+    try:
+        yield
+    finally:
+        tempfile.tempdir = saved[0]
+        if saved[1] is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = saved[1]
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def _join_training_cluster(names: list[str]) -> None:

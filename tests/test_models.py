@@ -174,15 +174,17 @@ def test_training_killed_mid_way_resumes_after_its_last_finished_epoch(tmp_path,
     backup = tmp_path / "backup"
     script = (f"from components.train import train; train({str(transformed)!r}, {str(tmp_path / 'killed')!r}, "
               f"preset='seed-000', epochs=8, stop='none', backup_dir={str(backup)!r})")
-    # Killed, it cannot remove its temp files (autograph's, at exit): they stay in tmp_path.
+    temp = tmp_path / "child-temp"  # to see what the killed process leaves behind there
+    temp.mkdir()
     child = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stderr=subprocess.DEVNULL,
-                             env={**os.environ, "TMPDIR": str(tmp_path)})
+                             env={**os.environ, "TMPDIR": str(temp)})
     metadata = backup / "training_metadata.json"
     deadline = time.monotonic() + 120
     while not metadata.is_file() and time.monotonic() < deadline and child.poll() is None:
         time.sleep(0.05)
     child.send_signal(signal.SIGKILL)
     child.wait()
+    assert not list(temp.iterdir())  # nothing for a kill to strand: no temp file is open during training
     done = json.loads(metadata.read_text())["epoch"]
     assert 1 <= done < 8
 

@@ -21,8 +21,7 @@ from pipeline.nightly import EX_TEMPFAIL, LOCK, SUMMARY, nightly
 
 def _start(root, tfds_dir, **settings):
     args = [a for o in small_overrides(tfds_dir, **settings) for a in ("--set", o)]
-    # A process killed by a test cannot clean up its temp files (TensorFlow's autograph
-    # removes them at exit): keep them in the test's own folder.
+    # A temp dir of the test's own, to see what a killed process leaves behind there.
     temp = root.parent / "child-temp"
     temp.mkdir(exist_ok=True)
     return subprocess.Popen([sys.executable, "-m", "pipeline", "--artifacts", str(root), "nightly", *args], cwd=REPO,
@@ -99,6 +98,7 @@ def test_a_nightly_killed_in_training_resumes_there_and_completes(store, tfds_di
     _wait_for(lambda: metadata() or killed.poll() is not None)
     killed.send_signal(signal.SIGKILL)
     killed.wait()
+    assert not list((store.parent / "child-temp").iterdir())  # killed mid-training, it left no temp file
     done = json.loads(metadata()[0].read_text())["epoch"]
     assert 1 <= done < 8
 

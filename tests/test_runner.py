@@ -1,9 +1,14 @@
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
-from conftest import small_overrides
+from conftest import REPO, small_overrides
 from pipeline.config import load_config
 from pipeline.graph import STEPS
 from pipeline.runner import MissingInputError, run
@@ -72,3 +77,19 @@ def test_a_failing_component_leaves_no_artifact(full_run, tmp_path, tfds_dir):
     record = json.loads((failed / "run.json").read_text())
     assert record["status"] == "failed" and record["components"]["train"]["status"] == "failed"
     assert ArtifactStore(root).latest("train").run_id == full_run[1].name  # the whole one is still latest
+
+
+def test_a_run_killed_mid_step_leaves_its_temp_files_in_the_run_not_the_system_temp_dir(full_run, tmp_path, tfds_dir):
+    root, temp = tmp_path / "artifacts", tmp_path / "system-temp"
+    shutil.copytree(full_run[0], root)
+    temp.mkdir()
+    args = [a for o in small_overrides(tfds_dir) for a in ("--set", o)]
+    child = subprocess.Popen([sys.executable, "-m", "pipeline", "--artifacts", str(root), "run", "preprocess", *args],
+                             cwd=REPO, stderr=subprocess.DEVNULL, env={**os.environ, "TMPDIR": str(temp)})
+    beam_temp = lambda: list((root / "runs").glob("*/.tmp/beam-pipeline-temp*"))  # noqa: E731  made as the job starts
+    deadline = time.monotonic() + 120
+    while not beam_temp() and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert beam_temp() and not list(temp.iterdir())
