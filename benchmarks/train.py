@@ -12,6 +12,7 @@ images per second; then the component's speed relative to the notebook way.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -83,10 +84,11 @@ def _train_like_a_notebook(transformed: Path, cfg) -> dict:
     """The seed notebooks' way: the whole split as NumPy arrays straight into `model.fit`."""
     import keras
 
+    from components.presets import Preset
     from components.train import EpochLog, compiled_model, read_split, resolve_settings, split_size
 
-    train_cfg = cfg.train.model_dump(exclude={"strategy", "shuffle_buffer"})  # not preset fields
-    settings = resolve_settings(train_cfg.pop("preset"), **train_cfg)
+    preset_fields = {f.name for f in dataclasses.fields(Preset)}
+    settings = resolve_settings(cfg.train.preset, **cfg.train.model_dump(include=preset_fields))
 
     def arrays(split):  # the whole split at once, as a notebook holds it
         count = split_size(transformed, split)

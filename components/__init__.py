@@ -1,7 +1,7 @@
 """Pipeline steps, one module each (ingest, preprocess, train, evaluate, export),
 and the pieces they share: `transform` (the one scaling), `presets` (models by name,
 Keras-free) and `models` (their architectures), `serving` (the TF Serving directory
-layout), `digits` (user images to MNIST form)."""
+layout), `digits` (user images to MNIST form), `distribute` (tf.distribute strategies by name)."""
 
 import os
 

@@ -90,7 +90,6 @@ def prepare_fit(net, dataset, distribution) -> None:
     """
     import keras
     import tensorflow as tf
-    from keras.src.backend.tensorflow import trainer
 
     if distribution is tf.distribute.get_strategy():  # the default strategy: Keras needs no help
         return
@@ -98,13 +97,19 @@ def prepare_fit(net, dataset, distribution) -> None:
     with distribution.scope():
         net._symbolic_build(data_batch=spec)
     net._maybe_symbolic_build = lambda iterator=None, data_batch=None: None
-    if not getattr(trainer.reduce_per_replica, "scalar_mean_across_workers", False):
-        keras_reduce = trainer.reduce_per_replica
+    _average_scalars_across_workers()
 
-        def reduce_per_replica(values, distribution, reduction="auto"):
-            if reduction in ("auto", "mean") and trainer._collective_all_reduce_multi_worker(distribution):
-                return keras.tree.map_structure(lambda v: distribution.reduce("MEAN", v, axis=None), values)
-            return keras_reduce(values, distribution, reduction)
 
-        reduce_per_replica.scalar_mean_across_workers = True
-        trainer.reduce_per_replica = reduce_per_replica
+@functools.cache  # once per process: it wraps Keras' function
+def _average_scalars_across_workers() -> None:
+    import keras
+    from keras.src.backend.tensorflow import trainer
+
+    keras_reduce = trainer.reduce_per_replica
+
+    def reduce_per_replica(values, distribution, reduction="auto"):
+        if reduction in ("auto", "mean") and trainer._collective_all_reduce_multi_worker(distribution):
+            return keras.tree.map_structure(lambda v: distribution.reduce("MEAN", v, axis=None), values)
+        return keras_reduce(values, distribution, reduction)
+
+    trainer.reduce_per_replica = reduce_per_replica

@@ -7,6 +7,8 @@ from typing import Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from components.distribute import STRATEGIES  # no TensorFlow: it is imported only when a strategy is made
+
 DEFAULTS = Path(__file__).with_name("defaults.yaml")
 
 
@@ -44,7 +46,7 @@ class Train(_Section):
     monitor: Optional[str] = None
     threshold: Optional[float] = None
     patience: Optional[int] = Field(default=None, ge=0)
-    strategy: Literal["default", "mirrored", "multi_worker"]
+    strategy: Literal[STRATEGIES]
     shuffle_buffer: int = Field(ge=1)
 
     @field_validator("preset")
