@@ -30,7 +30,9 @@ def load_image(path: Path) -> np.ndarray:
     path = Path(path)
     if not path.exists():
         raise ImageError("no such file")
-    if path.is_file() and path.stat().st_size == 0:
+    if not path.is_file():  # a FIFO or a device would block or never end; a folder is no image
+        raise ImageError("not a regular file; name an image file (or a folder of them)")
+    if path.stat().st_size == 0:
         raise ImageError("empty file")
     try:
         with Image.open(path) as img:  # reads the header only: size is known before decoding

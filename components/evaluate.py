@@ -22,6 +22,7 @@ import tensorflow as tf
 from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global figure state
 from sklearn.metrics import classification_report, confusion_matrix, log_loss
 
+from components import serving
 from components.ingest import iter_examples
 from components.transform import NUM_CLASSES, scale_pixels
 
@@ -134,6 +135,8 @@ def evaluate(
         "reasons": reasons,
         "candidate": _summary(model, candidate),
         "baseline": _summary(baseline, served) if served else None,
+        # What export's push checks is still served (a loaded baseline or a broken one).
+        "judged_against": serving.identity(Path(baseline).parent, int(Path(baseline).name)) if baseline else None,
         "warnings": warnings,
         "thresholds": {"min_accuracy": min_accuracy, "accuracy_tolerance": accuracy_tolerance,
                        "max_recall_drop": max_recall_drop},

@@ -77,25 +77,23 @@ def export(
     if not blessing["blessed"]:
         record["not_pushed_because"] = blessing["reasons"]
         log.warning("model not pushed: %s", "; ".join(blessing["reasons"]))
-    elif serving_root and _already_served(Path(serving_root) / model_name, push_record):
-        record["already_served"] = serving.current_version(Path(serving_root) / model_name)
-        log.info("not pushed: version %d already serves this model", record["already_served"])
     elif serving_root:
         model_base = Path(serving_root) / model_name
-        version = serving.push(
-            saved_model,
-            model_base,
-            {**(push_record or {}), "model_name": model_name, "test_accuracy": blessing["candidate"]["accuracy"]},
-        )
-        record.update(pushed=True, version=version, serving_dir=str(model_base / str(version)))
-        log.info("pushed version %d to %s", version, model_base)
+        try:
+            version = serving.push(
+                saved_model, model_base,
+                {**(push_record or {}), "model_name": model_name, "test_accuracy": blessing["candidate"]["accuracy"]},
+                judged_against=blessing.get("judged_against"),
+            )
+        except serving.AlreadyServed as served:  # a re-run, or a push whose run was killed before its export was saved
+            record["already_served"] = served.version
+            log.info("not pushed: %s", served)
+        except serving.StaleBlessing as stale:  # another run pushed since this one was evaluated
+            record["not_pushed_because"] = [str(stale)]
+            log.warning("model not pushed: %s", stale)
+        else:
+            record.update(pushed=True, version=version, serving_dir=str(model_base / str(version)))
+            log.info("pushed version %d to %s", version, model_base)
     (Path(exported) / "export.json").write_text(json.dumps(record, indent=2))
     return record
 
-
-def _already_served(model_base: Path, push_record: dict | None) -> bool:
-    """The current version was pushed from this very model (a re-run, or a push whose run
-    was killed before its export was saved): pushing it again would only add a copy."""
-    current = serving.current_version(model_base)
-    mine = (push_record or {}).get("model_fingerprint")
-    return bool(mine) and current is not None and serving.read_push_record(model_base, current).get("model_fingerprint") == mine

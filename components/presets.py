@@ -6,6 +6,7 @@ A preset's training settings are defaults; `train.*` configuration overrides the
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Optional
 
@@ -50,3 +51,16 @@ PRESETS: dict[str, Preset] = {
         stop="early_stopping", monitor="val_loss", patience=3,
     ),
 }
+
+
+def resolve_settings(preset: str, **overrides) -> Preset:
+    """The preset's settings with every non-None override applied; the configuration
+    checks them before anything runs, and train runs with them."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    settings = dataclasses.replace(PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None})
+    if settings.stop == "threshold" and settings.threshold is None:
+        raise ValueError("train.stop=threshold needs train.threshold, e.g. --set train.threshold=0.995")
+    if settings.stop == "early_stopping" and settings.patience is None:
+        raise ValueError("train.stop=early_stopping needs train.patience, e.g. --set train.patience=3")
+    return settings

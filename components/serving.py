@@ -13,14 +13,32 @@ import json
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
+from filelock import FileLock, Timeout
+
 PUSH_RECORD = Path("assets.extra") / "push.json"
+LOCK = ".{}.push.lock"  # beside the model base, for the model named in {}: its folder holds only versions
+LOCK_TIMEOUT_S = 120  # a push holds the lock for the copy of one SavedModel
+ANY_BASELINE = object()  # push() without a blessing to check (a rollback)
 
 
 class ServingError(ValueError):
     """A serving-directory request that cannot be met; the message says what to do."""
+
+
+class AlreadyServed(ServingError):
+    """The current version was pushed from this same model."""
+
+    def __init__(self, version: int):
+        super().__init__(f"version {version} already serves this model")
+        self.version = version
+
+
+class StaleBlessing(ServingError):
+    """The served version changed after the candidate was judged against another one."""
 
 
 def _numbered(model_base: Path) -> list[int]:
@@ -92,36 +110,108 @@ def read_push_record(model_base: Path, version: int) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def push(saved_model: Path, model_base: Path, record: dict, copy=shutil.copytree) -> int:
-    """Publish a copy of `saved_model` as the next version; return its number.
+def baseline_version(model_base: Path, model_fingerprint: str | None) -> int | None:
+    """The served version a candidate must beat: the newest one not pushed from this same model.
 
-    `copy` is the copying function, replaceable so tests can interrupt a push mid-copy.
+    A model is never its own baseline: once this candidate is served, re-running it
+    compares it with what it replaced, exactly as when it was first blessed, so an
+    unchanged re-run has the same evaluation and export, and reuses both.
     """
+    for version in reversed(versions(model_base)):
+        if not model_fingerprint or read_push_record(model_base, version).get("model_fingerprint") != model_fingerprint:
+            return version
+    return None
+
+
+def identity(model_base: Path, version: int | None) -> dict | None:
+    """What a blessing was judged against, as `push` checks it: the version and the model in it
+    (a rollback serves the same model under a new number)."""
+    if version is None:
+        return None
+    return {"version": version, "model_fingerprint": read_push_record(model_base, version).get("model_fingerprint")}
+
+
+def _same_model(a: dict | None, b: dict | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    if a.get("model_fingerprint") and b.get("model_fingerprint"):
+        return a["model_fingerprint"] == b["model_fingerprint"]
+    return a.get("version") == b.get("version")
+
+
+def push_lock(model_base: Path) -> Path:
+    return Path(model_base).with_name(LOCK.format(Path(model_base).name))
+
+
+@contextmanager
+def publishing(model_base: Path):
+    """Holds the model's push lock: one process at a time adds or deletes versions. An OS
+    lock, released when its holder dies, however it dies."""
     base = Path(model_base)
     base.mkdir(parents=True, exist_ok=True)
-    replaces = current_version(base)
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=base))
+    lock = FileLock(push_lock(base))
     try:
-        copy(saved_model, staging / "model")
-        (staging / "model" / PUSH_RECORD).parent.mkdir(parents=True, exist_ok=True)
-        while True:  # another pusher may take a number first: take the next one
-            # Above every numbered folder, whole or not: a rename never lands on a leftover.
-            version = max(_numbered(base), default=0) + 1
-            full_record = {
-                **record,
-                "version": version,
-                "replaces": replaces,
-                "pushed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            }
-            (staging / "model" / PUSH_RECORD).write_text(json.dumps(full_record, indent=2))
-            try:
-                os.rename(staging / "model", base / str(version))
-                return version
-            except OSError:
-                if not (base / str(version)).exists():
-                    raise
+        lock.acquire(timeout=LOCK_TIMEOUT_S)
+    except Timeout:
+        raise ServingError(f"another process has held {lock.lock_file} for {LOCK_TIMEOUT_S}s; "
+                           f"nothing was pushed, run again when it is done") from None
+    try:
+        yield base
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        lock.release()
+
+
+def push(saved_model: Path, model_base: Path, record: dict, *, judged_against=ANY_BASELINE,
+         copy=shutil.copytree) -> int:
+    """Publish a copy of `saved_model` as the next version; return its number.
+
+    Under the model's push lock, the version it would replace is read again: with
+    `judged_against` (the blessing's `judged_against`), the push happens only if the
+    candidate was judged against what is served now; otherwise StaleBlessing, and
+    AlreadyServed when the current version holds this very model (`record`'s
+    `model_fingerprint`). `copy` is the copying function, replaceable so tests can
+    interrupt a push mid-copy.
+    """
+    with publishing(model_base) as base:
+        replaces = current_version(base)
+        if judged_against is not ANY_BASELINE:
+            mine = record.get("model_fingerprint")
+            if mine and replaces is not None and read_push_record(base, replaces).get("model_fingerprint") == mine:
+                raise AlreadyServed(replaces)
+            now = identity(base, baseline_version(base, mine))
+            if not _same_model(now, judged_against):
+                raise StaleBlessing(
+                    f"the blessing was judged against {_named(judged_against)}, but {_named(now)} is served now "
+                    f"(pushed by run {read_push_record(base, now['version']).get('run', '?') if now else '?'}); "
+                    f"not pushed: run the pipeline again to judge this model against it")
+        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=base))
+        try:
+            try:
+                copy(saved_model, staging / "model")
+                (staging / "model" / PUSH_RECORD).parent.mkdir(parents=True, exist_ok=True)
+                # Above every numbered folder, whole or not: the rename never lands on a leftover.
+                version = max(_numbered(base), default=0) + 1
+                full_record = {**record, "version": version, "replaces": replaces,
+                               "pushed_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+                (staging / "model" / PUSH_RECORD).write_text(json.dumps(full_record, indent=2))
+            except (shutil.Error, OSError) as err:
+                raise ServingError(f"could not stage the model in {base} ({_reason(err)}); nothing was pushed, "
+                                   f"version {replaces} still serves") from None
+            os.rename(staging / "model", base / str(version))
+            return version
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _named(judged: dict | None) -> str:
+    return f"version {judged['version']}" if judged else "no served version"
+
+
+def _reason(err: Exception) -> str:
+    """One reason, where shutil.Error lists (source, destination, why) for every file."""
+    if isinstance(err, shutil.Error) and err.args and isinstance(err.args[0], list) and err.args[0]:
+        return str(err.args[0][0][-1])
+    return err.strerror or str(err) if isinstance(err, OSError) else str(err)
 
 
 def rollback(model_base: Path, version: int | None = None) -> int:

@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -19,7 +20,7 @@ import keras
 import tensorflow as tf
 
 from components import distribute, models
-from components.presets import PRESETS, Preset
+from components.presets import Preset, resolve_settings
 from components.preprocess import FEATURES
 from components.transform import NUM_CLASSES
 
@@ -95,18 +96,6 @@ class ProgressBar(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self.bar.close()  # before EpochLog's line, so the two never share a terminal line
-
-
-def resolve_settings(preset: str, **overrides) -> Preset:
-    """The preset's settings with every non-None override applied."""
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    settings = dataclasses.replace(PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None})
-    if settings.stop == "threshold" and settings.threshold is None:
-        raise ValueError("train.stop=threshold needs train.threshold, e.g. --set train.threshold=0.995")
-    if settings.stop == "early_stopping" and settings.patience is None:
-        raise ValueError("train.stop=early_stopping needs train.patience, e.g. --set train.patience=3")
-    return settings
 
 
 def stop_callback(settings: Preset) -> keras.callbacks.Callback | None:
@@ -216,17 +205,45 @@ def compiled_model(settings: Preset, steps_per_epoch: int) -> keras.Model:
 
 class Backup(keras.callbacks.BackupAndRestore):
     """Keras' per-epoch backup (weights, optimizer state, epoch), plus the metrics and
-    timings of the epochs already run, so a resumed training reports all of them."""
+    timings of the epochs already run, so a resumed training reports all of them.
+
+    Keras writes its weights file and then its metadata in place: a full disk or a kill
+    mid-write left a truncated weights file that the next start loaded without a word, so
+    the same fingerprint trained another model. Here each epoch's pair is written into a
+    scratch folder and committed by renames: `epoch/` always holds a whole epoch, or none.
+    """
+
+    COMMITTED, PREVIOUS, SAVING = "epoch", ".previous", ".saving"
 
     def __init__(self, backup_dir: Path):
-        super().__init__(str(backup_dir), double_checkpoint=True)  # a kill mid-save falls back one epoch
-        self.done = Path(backup_dir) / "epochs_done.json"
+        super().__init__(str(backup_dir))
+        self.root = Path(backup_dir)
+        committed, previous = self.root / self.COMMITTED, self.root / self.PREVIOUS
+        if not committed.is_dir() and previous.is_dir():  # killed between the two renames of a commit
+            os.rename(previous, committed)
+        shutil.rmtree(self.root / self.SAVING, ignore_errors=True)  # a save that never finished
+        self._weights_path = str(committed / "latest.weights.h5")
+        self._training_metadata_path = str(committed / "training_metadata.json")
+        self.done = self.root / "epochs_done.json"
         state = json.loads(self.done.read_text()) if self.done.is_file() else {}
         # The epoch to resume at: Keras' own record, since its weights are what gets restored.
-        metadata = Path(backup_dir) / "training_metadata.json"
+        metadata = Path(self._training_metadata_path)
         self.resumed_at = json.loads(metadata.read_text())["epoch"] if metadata.is_file() else 0
         self.history = {k: v[: self.resumed_at] for k, v in state.get("history", {}).items()}
         self.timings = state.get("timings", [])[: self.resumed_at]
+
+    def _save_model(self):
+        saving, committed, previous = (self.root / n for n in (self.SAVING, self.COMMITTED, self.PREVIOUS))
+        shutil.rmtree(saving, ignore_errors=True)
+        saving.mkdir(parents=True)
+        self.model.save_weights(str(saving / "latest.weights.h5"))
+        (saving / "training_metadata.json").write_text(
+            json.dumps({"epoch": self._current_epoch, "batch": self._last_batch_seen}))
+        shutil.rmtree(previous, ignore_errors=True)
+        if committed.is_dir():
+            os.rename(committed, previous)
+        os.rename(saving, committed)
+        shutil.rmtree(previous, ignore_errors=True)
 
     def record(self, logs: dict, timing: dict) -> None:
         for key, value in logs.items():

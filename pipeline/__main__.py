@@ -70,7 +70,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from pipeline.nightly import EX_TEMPFAIL, NightlyBusy
-    from pipeline.runner import configure_logging
+    from pipeline.runner import configure_logging, error_line
 
     args = _parser().parse_args(argv)
     if not args.debug and argv is None:  # the real command line, not a caller's in-process main()
@@ -86,8 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # one line for the operator; --debug for the traceback
         if args.debug:
             log.exception("failed")
-        message = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {error_line(err)}", file=sys.stderr)
         return 1
 
 

@@ -12,7 +12,7 @@ import json
 import logging
 from pathlib import Path
 
-from pipeline.store import MANIFEST, Artifact, ArtifactStore
+from pipeline.store import MANIFEST, Artifact, ArtifactStore, damage
 
 log = logging.getLogger("pipeline")
 
@@ -41,5 +41,9 @@ def find(store: ArtifactStore, component: str, fingerprint: str) -> Artifact | N
             continue
         manifest = read_manifest(path / MANIFEST)
         if manifest and manifest["fingerprint"] == fingerprint and manifest.get("status") == "succeeded":
+            problem = damage(path, manifest)  # sizes only: cheap enough for every hit
+            if problem:
+                log.warning("not reusing the %s output of run %s: %s; it is recomputed", component, run_dir.name, problem)
+                continue
             return Artifact(component, run_dir.name, path)
     return None

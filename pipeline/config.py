@@ -5,7 +5,7 @@ from pathlib import Path
 from typing import Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from components.distribute import STRATEGIES  # no TensorFlow: it is imported only when a strategy is made
 
@@ -43,7 +43,8 @@ class Train(_Section):
     optimizer: Optional[Literal["adam", "rmsprop", "sgd"]] = None
     learning_rate: Optional[float] = Field(default=None, gt=0.0)
     stop: Optional[Literal["threshold", "early_stopping", "none"]] = None
-    monitor: Optional[str] = None
+    # A metric's name as Keras logs it (accuracy, val_loss, ...): it reaches logs and reports.
+    monitor: Optional[str] = Field(default=None, pattern=r"^[A-Za-z][A-Za-z0-9_]*$")
     threshold: Optional[float] = None
     patience: Optional[int] = Field(default=None, ge=0)
     strategy: Literal[STRATEGIES]
@@ -57,6 +58,17 @@ class Train(_Section):
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
         return name
+
+    @model_validator(mode="after")
+    def _settings_complete(self) -> "Train":
+        """The preset with these overrides must be trainable (a threshold for stop=threshold, ...),
+        checked now rather than after ingest and preprocess have run."""
+        from dataclasses import fields
+
+        from components.presets import Preset, resolve_settings
+
+        resolve_settings(self.preset, **{f.name: getattr(self, f.name) for f in fields(Preset) if hasattr(self, f.name)})
+        return self
 
 
 class Distances(_Section):
@@ -92,8 +104,9 @@ class Evaluate(_Section):
 
 
 class Export(_Section):
-    serving_root: str
-    model_name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    serving_root: str  # relative: under the artifacts root
+    # One plain folder name: `..` or `.` would push outside the serving root, or into it.
+    model_name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
     verify_examples: int = Field(ge=1)
 
 
@@ -103,7 +116,7 @@ class Retention(_Section):
 
 
 class Config(_Section):
-    seed: int
+    seed: int = Field(ge=0, le=2**32 - 1)  # what Keras' set_random_seed accepts
     ingest: Ingest
     preprocess: Preprocess
     validation: Validation
@@ -143,6 +156,8 @@ def load_config(overrides: list[str] = (), defaults: Path = DEFAULTS) -> Config:
         first = err.errors()[0]
         key = ".".join(str(p) for p in first["loc"])
         value = first.get("input")
+        if isinstance(value, dict):  # a check across a section's keys: its message names them
+            raise ConfigError(f"invalid configuration {key}: {first['msg'].removeprefix('Value error, ')}") from None
         raise ConfigError(
             f"invalid configuration {key}={value!r}: {first['msg']}; fix it in {defaults.name} or with --set {key}=..."
         ) from None

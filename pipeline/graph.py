@@ -51,18 +51,11 @@ class Step:
 
 
 def baseline_version(model_base: Path, model_fingerprint: str) -> Path | None:
-    """The served version a candidate must beat: the newest one not pushed from this same model.
-
-    A model is never its own baseline: once this candidate is served, re-running it
-    compares it with what it replaced, exactly as when it was first blessed, so an
-    unchanged re-run has the same evaluation and export, and reuses both.
-    """
+    """The served version folder a candidate must beat (`serving.baseline_version`), or None."""
     from components import serving
 
-    for version in reversed(serving.versions(model_base)):
-        if serving.read_push_record(model_base, version).get("model_fingerprint") != model_fingerprint:
-            return Path(model_base) / str(version)
-    return None
+    version = serving.baseline_version(model_base, model_fingerprint)
+    return None if version is None else Path(model_base) / str(version)
 
 
 def _ingest_key(cfg: Config, ctx: RunContext, upstream: dict) -> dict:

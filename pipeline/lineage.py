@@ -7,25 +7,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import psutil
-
 from pipeline.cache import find, read_manifest
 from pipeline.graph import STEPS
-from pipeline.store import MANIFEST, RUN_RECORD, ArtifactStore, read_json, run_id_of
-
-
-def status(record: dict) -> str:
-    """A run's status, `crashed` when it says running but its process is gone."""
-    state = record.get("status") or "running"
-    if state != "running":
-        return state
-    if "pid" not in record:
-        return "unknown"  # written before runs recorded their process
-    try:
-        alive = psutil.Process(record["pid"]).create_time() == record["process_started"]
-    except psutil.Error:
-        alive = False
-    return "running" if alive else "crashed"
+from pipeline.store import MANIFEST, RUN_RECORD, ArtifactStore, read_json, run_id_of, run_status
 
 
 def artifact(run_dir: Path, component: str, record: dict | None = None) -> Path | None:
@@ -51,7 +35,7 @@ def run_row(run_dir: Path) -> dict:
     return {
         "run": run_dir.name,
         "started_at": record.get("started_at"),
-        "status": status(record),
+        "status": run_status(record),
         "preset": record.get("config", {}).get("train", {}).get("preset"),
         "train": splits.get("train", {}).get("count"),
         "test": splits.get("test", {}).get("count"),
@@ -106,7 +90,7 @@ def show_run(run_dir: Path) -> dict:
             "results": _key_results(name, manifest.get("result") or {}),
             **({"error": entry["error"]} if entry.get("error") else {}),
         }
-    return {"run": run_dir.name, "status": status(record), "started_at": record.get("started_at"),
+    return {"run": run_dir.name, "status": run_status(record), "started_at": record.get("started_at"),
             "finished_at": record.get("finished_at"), "components": components}
 
 

@@ -19,8 +19,8 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from pipeline.config import Config
-from pipeline.lineage import artifact, status
-from pipeline.store import RUN_RECORD, now, read_json, write_json_atomic
+from pipeline.lineage import artifact
+from pipeline.store import RUN_RECORD, now, read_json, run_status, write_json_atomic
 
 log = logging.getLogger("pipeline")
 EX_TEMPFAIL = 75
@@ -35,7 +35,7 @@ class NightlyBusy(RuntimeError):
 def nightly(cfg: Config, artifacts: Path) -> tuple[int, dict]:
     """Run one night; return (exit status, summary)."""
     from pipeline import retention
-    from pipeline.runner import model_base, run
+    from pipeline.runner import error_line, model_base, run
 
     artifacts = Path(artifacts)
     with exclusive(artifacts):
@@ -47,7 +47,7 @@ def nightly(cfg: Config, artifacts: Path) -> tuple[int, dict]:
         try:
             run_dir = run(cfg, artifacts)
         except Exception as err:  # the summary still gets written; the exit status says it broke
-            error = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            error = error_line(err)
             log.error("nightly: the run failed: %s", error)
             run_dir = _newest_run(artifacts)
         found = retention.plan(artifacts, model_base(cfg, artifacts), cfg.retention.keep_runs,
@@ -88,7 +88,7 @@ def _newest_run(artifacts: Path) -> Path | None:
 def _interrupted_run(artifacts: Path) -> str | None:
     """The newest run, if its process died before it finished."""
     newest = _newest_run(artifacts)
-    return newest.name if newest and status(read_json(newest / RUN_RECORD)) == "crashed" else None
+    return newest.name if newest and run_status(read_json(newest / RUN_RECORD)) == "crashed" else None
 
 
 def summarize(run_dir: Path | None, error: str | None, interrupted: str | None, duration_s: float,

@@ -12,7 +12,6 @@ import base64
 import io
 import json
 import logging
-import os
 from pathlib import Path
 
 import jinja2
@@ -21,11 +20,12 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from pipeline import lineage
-from pipeline.store import RUN_RECORD, read_json
+from pipeline.store import RUN_RECORD, read_json, write_atomic
 
 log = logging.getLogger("pipeline")
-TEMPLATES = jinja2.Environment(loader=jinja2.PackageLoader("pipeline", "templates"),
-                               autoescape=jinja2.select_autoescape())
+# Always on: select_autoescape() decides by the last extension, `.j2`, which turned it off.
+# Settings, paths, error text and file names in a report come from outside.
+TEMPLATES = jinja2.Environment(loader=jinja2.PackageLoader("pipeline", "templates"), autoescape=True)
 EVALUATE_PICTURES = ("confusion_matrix.png", "confusion_matrix_errors.png", "worst_misclassified.png")
 
 
@@ -126,8 +126,8 @@ def build_report(run_dir: Path) -> Path:
     folder = run_dir / "report"
     folder.mkdir(exist_ok=True)
     for name, data in pictures.items():
-        _write(folder / name, data)
-    return _write(run_dir / "report.html", html.encode())
+        write_atomic(folder / name, data)
+    return write_atomic(run_dir / "report.html", html.encode())
 
 
 def build_index(artifacts: Path, model_base: Path) -> Path:
@@ -142,14 +142,7 @@ def build_index(artifacts: Path, model_base: Path) -> Path:
         run = version.get("run")
         version["report"] = f"runs/{run}/report.html" if run and (Path(artifacts) / "runs" / run / "report.html").is_file() else None
     html = TEMPLATES.get_template("index.html.j2").render(runs=runs, versions=versions, model_base=str(model_base))
-    return _write(Path(artifacts) / "index.html", html.encode())
-
-
-def _write(path: Path, data: bytes) -> Path:
-    scratch = path.with_name(f".{path.name}.tmp")
-    scratch.write_bytes(data)
-    os.replace(scratch, path)
-    return path
+    return write_atomic(Path(artifacts) / "index.html", html.encode())
 
 
 def build_all(run_dir: Path, artifacts: Path, model_base: Path) -> list[Path]:

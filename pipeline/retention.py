@@ -7,25 +7,33 @@ Kept, always:
   followed transitively, so no kept manifest ever points at a deleted artifact;
 - the last `retention.keep_versions` served versions, and whatever the count, the
   current one and the one it replaced (the default rollback target).
-Swept: scratch left by killed processes (`.<component>-*` in runs, `.staging-*` in the
-serving base), and training backups whose training has since finished.
+Never touched: a live run (its process alive, by the pid and start time its record
+holds), its scratch, and everything it reads (recorded as each step starts).
+Swept: scratch left by dead processes (dot-folders and dot-files in runs, `.staging-*` in
+the serving base, temp files in the artifacts root), and training backups whose training
+has since finished and that no live process holds.
 `plan()` decides from the files alone; `apply()` deletes, each directory renamed to a
-dot-name first so that no reader (TF Serving included) ever sees half of one.
+dot-name first so that no reader (TF Serving included) ever sees half of one, and served
+versions only under the model's push lock.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.store import MANIFEST, RUN_RECORD, read_json, run_id_of
+from filelock import FileLock, Timeout
+
+from pipeline.store import MANIFEST, RUN_RECORD, read_json, run_id_of, run_status
 
 log = logging.getLogger("pipeline")
 
 
 @dataclass
 class Plan:
+    model_base: Path | None = None  # whose push lock guards deleting its versions
     runs: list[Path] = field(default_factory=list)
     versions: list[Path] = field(default_factory=list)
     scratch: list[Path] = field(default_factory=list)
@@ -58,11 +66,13 @@ def _uses(run_dir: Path) -> set[str]:
 
 def plan(artifacts: Path, model_base: Path, keep_runs: int, keep_versions: int,
          active: set[str] = frozenset()) -> Plan:
-    """What retention would delete; `active` names runs in progress, never touched."""
+    """What retention would delete; `active` names runs in progress (besides every run whose
+    process is alive), never touched."""
     from components import serving
 
     runs_dir = Path(artifacts) / "runs"
     run_dirs = sorted(p for p in runs_dir.iterdir() if p.is_dir() and not p.name.startswith(".")) if runs_dir.is_dir() else []
+    active = set(active) | {p.name for p in run_dirs if run_status(read_json(p / RUN_RECORD)) == "running"}
     versions = serving.versions(model_base)
     current = versions[-1] if versions else None
     protected = {current, serving.read_push_record(model_base, current).get("replaces") if current else None}
@@ -80,33 +90,58 @@ def plan(artifacts: Path, model_base: Path, keep_runs: int, keep_versions: int,
                 todo.append(used)
 
     result = Plan(
+        model_base=Path(model_base),
         runs=[p for p in run_dirs if p.name not in keep],
         versions=[Path(model_base) / str(v) for v in versions if v not in kept_versions],
     )
     for run_dir in run_dirs:
-        if run_dir.name not in active:
-            result.scratch += [p for p in run_dir.iterdir() if p.name.startswith(".") and p.is_dir()]
-    if Path(model_base).is_dir():
+        if run_dir.name not in active:  # a dead process's scratch, temp files and reserve
+            result.scratch += sorted(p for p in run_dir.iterdir() if p.name.startswith("."))
+    result.scratch += sorted(Path(artifacts).glob(".index.html.*"))  # a report writer killed mid-write
+    if Path(model_base).is_dir() and _free(serving.push_lock(model_base)):  # no push under way
         result.scratch += sorted(Path(model_base).glob(".staging-*"))
     result.scratch += _finished_backups(Path(artifacts), runs_dir)
     return result
 
 
+def _free(lock_path: Path) -> bool:
+    """No live process holds this lock (it is taken and let go at once)."""
+    if not lock_path.exists():
+        return True
+    try:
+        with FileLock(lock_path).acquire(timeout=0):
+            return True
+    except Timeout:
+        return False
+
+
 def _finished_backups(artifacts: Path, runs_dir: Path) -> list[Path]:
-    """Training backups (named by the training's fingerprint) whose training has succeeded since."""
+    """Training backups (named by the training's fingerprint, locked while a training uses
+    them) whose training has succeeded since, with their locks, unless a live process holds one."""
     backups = artifacts / "backups"
     if not backups.is_dir():
         return []
     trained = {read_json(m).get("fingerprint") for m in runs_dir.glob(f"*/train/{MANIFEST}")}
-    return [p for p in sorted(backups.iterdir()) if p.name in trained]
+    found = []
+    for fp in sorted(trained & {p.name.removesuffix(".lock") for p in backups.iterdir()}):
+        lock = backups / f"{fp}.lock"
+        if _free(lock):
+            found += [p for p in (backups / fp, lock) if p.exists()]
+    return found
 
 
 def apply(found: Plan) -> None:
-    for path in found.paths():
-        doomed = path.with_name(f".deleting-{path.name}")
-        try:
-            path.rename(doomed)  # gone for every reader at once; the rest may take a while
-        except OSError:
-            doomed = path
-        shutil.rmtree(doomed, ignore_errors=True)
-        log.info("gc: deleted %s", path)
+    from components import serving
+
+    with serving.publishing(found.model_base) if found.versions else contextlib.nullcontext():
+        for path in found.paths():
+            doomed = path.with_name(f".deleting-{path.name}")
+            try:
+                path.rename(doomed)  # gone for every reader at once; the rest may take a while
+            except OSError:
+                doomed = path
+            if doomed.is_dir():
+                shutil.rmtree(doomed, ignore_errors=True)
+            else:
+                doomed.unlink(missing_ok=True)
+            log.info("gc: deleted %s", path)

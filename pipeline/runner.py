@@ -18,12 +18,13 @@ import time
 from pathlib import Path
 
 import psutil
+from filelock import FileLock, Timeout
 
 from pipeline import cache
 from pipeline.config import Config
 from pipeline.fingerprint import code_digest, fingerprint, package_versions
 from pipeline.graph import STEPS, RunContext, Step, Upstream, downstream
-from pipeline.store import MANIFEST, ArtifactStore, now
+from pipeline.store import MANIFEST, ArtifactStore, damage, file_records, now, read_json
 
 log = logging.getLogger("pipeline")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -36,7 +37,8 @@ class MissingInputError(RuntimeError):
 
 
 def serving_root(cfg: Config, artifacts: Path) -> Path:
-    return Path(cfg.export.serving_root) if cfg.export.serving_root else Path(artifacts) / "serving"
+    """`export.serving_root`, a relative one under the artifacts root (not wherever the command runs)."""
+    return Path(artifacts) / (cfg.export.serving_root or "serving")
 
 
 def model_base(cfg: Config, artifacts: Path) -> Path:
@@ -77,9 +79,10 @@ def run(cfg: Config, artifacts: Path, components: list[str] | None = None, *,
         store.update_run(run_dir, status="succeeded", finished_at=now())
         log.info("run %s succeeded", run_dir.name)
     except BaseException as err:
-        store.update_run(run_dir, status="failed", finished_at=now(), error=str(err))
+        store.update_run(run_dir, status="failed", finished_at=now(), error=error_line(err))
         raise
     finally:
+        store.release_reserve(run_dir)
         from pipeline.report import build_all  # matplotlib: only once a run has happened
 
         for path in build_all(run_dir, Path(artifacts), ctx.model_base):
@@ -146,9 +149,43 @@ def _check_inputs(store: ArtifactStore, names: list[str]) -> None:
         )
 
 
+class DamagedInputError(RuntimeError):
+    """An upstream artifact's files do not match what its manifest recorded."""
+
+
 def _upstream(store: ArtifactStore, component: str) -> Upstream:
     latest = store.latest(component)
     return Upstream(latest.path, latest.manifest["fingerprint"])
+
+
+def _check_input(component: str, upstream: Upstream, *, full: bool = False) -> None:
+    problem = damage(upstream.path, read_json(upstream.path / MANIFEST), full=full)
+    if problem:
+        raise DamagedInputError(f"the {component} output in {upstream.path} is damaged: {problem}; "
+                                f"recompute it: python -m pipeline run --rerun {component}")
+
+
+@contextlib.contextmanager
+def _backup_for(step: Step, ctx: RunContext, fp: str):
+    """The step's backup folder, owned by this process while the step runs (an OS lock beside
+    it): a second live training of the same model trains without one rather than share it."""
+    if step.name not in RESUMABLE:
+        yield {}
+        return
+    folder = Path(ctx.artifacts) / RESUMABLE[step.name] / fp
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(folder.with_name(f"{fp}.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log.warning("another live run is training the same model with the backup in %s; "
+                    "this one trains without a backup (it cannot resume if killed)", folder)
+        yield {}
+        return
+    try:
+        yield {"backup_dir": folder}
+    finally:
+        lock.release()
 
 
 def _run_step(store: ArtifactStore, run_dir: Path, step: Step, cfg: Config, ctx: RunContext,
@@ -167,12 +204,14 @@ def _run_step(store: ArtifactStore, run_dir: Path, step: Step, cfg: Config, ctx:
             step.gate(hit.path, hit.manifest["result"])
         return Upstream(hit.path, fp)
 
-    extra = {"backup_dir": Path(ctx.artifacts) / RESUMABLE[step.name] / fp} if step.name in RESUMABLE else {}
-    store.update_run(run_dir, step.name, status="running", started_at=now(), fingerprint=fp)
+    for arg, up in upstream.items():  # cheaply, by size: a truncated file would fail deep inside TensorFlow
+        _check_input(step.inputs[arg], up)
+    store.update_run(run_dir, step.name, status="running", started_at=now(), fingerprint=fp,
+                     inputs={arg: str(u.path) for arg, u in upstream.items()})  # what retention must keep
     log.info("%s started", step.name)
     started, started_at = time.perf_counter(), now()
     try:
-        with store.staging(run_dir, step.name) as scratch:
+        with store.staging(run_dir, step.name) as scratch, _backup_for(step, ctx, fp) as extra:
             entry_point = getattr(importlib.import_module(step.module), step.name)
             result = entry_point(**{arg: u.path for arg, u in upstream.items()}, **{step.output: scratch},
                                  **params, **extra)
@@ -191,18 +230,46 @@ def _run_step(store: ArtifactStore, run_dir: Path, step: Step, cfg: Config, ctx:
                 "duration_s": duration,
                 "result": result,
                 "versions": package_versions(),
+                "files": file_records(scratch),  # checked before the output is reused
             }
             (scratch / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
-    except BaseException as err:
+    except BaseException as original:
         duration = round(time.perf_counter() - started, 2)
-        store.update_run(run_dir, step.name, status="failed", duration_s=duration, error=str(err))
-        log.error("%s failed after %.1fs: %s", step.name, duration, err)
-        raise
+        err = _explained(original, step, upstream)
+        store.update_run(run_dir, step.name, status="failed", duration_s=duration, error=error_line(err))
+        log.error("%s failed after %.1fs: %s", step.name, duration, error_line(err, named=False))
+        if err is original:
+            raise
+        raise err from original
     store.update_run(run_dir, step.name, status="succeeded", duration_s=duration)
     log.info("%s succeeded in %.1fs", step.name, duration)
     if step.gate:
         step.gate(run_dir / step.name, result)
     return Upstream(run_dir / step.name, fp)
+
+
+def _explained(err: BaseException, step: Step, upstream: dict[str, Upstream]) -> BaseException:
+    """The error to report for a failed step, marked with the step: a damaged input (checked
+    in full now) explains more than what TensorFlow said reading it."""
+    if isinstance(err, Exception) and not isinstance(err, DamagedInputError):
+        for arg, up in upstream.items():
+            try:
+                _check_input(step.inputs[arg], up, full=True)
+            except DamagedInputError as damaged:
+                err = damaged
+                break
+    err.component = step.name
+    return err
+
+
+def error_line(err: BaseException, *, named: bool = True, limit: int = 400) -> str:
+    """An error as one line for the operator: its first line, cut at `limit` characters (a
+    TensorFlow message can hold a hex dump), prefixed with the component it broke in."""
+    first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    if len(first) > limit:
+        first = first[: limit - 3] + "..."
+    component = getattr(err, "component", None)
+    return f"{component} failed: {first}" if named and component else first
 
 
 def configure_logging(stream=None) -> None:

@@ -21,7 +21,7 @@ CRON_MARK = "# mnist-pipeline nightly"
 _env = Environment(undefined=StrictUndefined, keep_trailing_newline=True, trim_blocks=True)
 _env.filters["q"] = lambda value: shlex.quote(str(value))  # paths with spaces stay one word
 CRONTAB = _env.from_string(
-    "{{ minute }} {{ hour }} * * * cd {{ repo | q }} && {{ command }} >> {{ log | q }} 2>&1 {{ mark }} {{ repo }}\n"
+    "cd {{ repo | q }} && {{ command }} >> {{ log | q }} 2>&1 {{ mark }} {{ repo }}"
 )
 SERVICE = _env.from_string("""\
 [Unit]
@@ -56,18 +56,39 @@ def nightly_command(artifacts: Path, overrides: list[str]) -> str:
     return shlex.join(args)
 
 
+def _cron(text: str) -> str:
+    return text.replace("%", r"\%")  # cron reads a bare % in the command as a newline
+
+
+def _systemd(text: str) -> str:
+    return text.replace("%", "%%")  # systemd reads %x as a specifier (%h: home, %n: unit name, ...)
+
+
 def schedule_files(repo: Path, artifacts: Path, at: str = "02:30", overrides: list[str] = ()) -> dict[str, str]:
     """The crontab line and the systemd service and timer, with this checkout's paths filled in."""
     hour, minute = _parse_time(at)
-    command = nightly_command(artifacts, list(overrides))
     repo = Path(repo).resolve()
     log = Path(artifacts).resolve() / "nightly.log"
-    cron_command = command.replace("%", r"\%")  # cron reads a bare % as a newline
+    _check_writable(repo, log, *overrides)
+    command = nightly_command(artifacts, list(overrides))
+    body = CRONTAB.render(repo=repo, command=command, log=log, mark=CRON_MARK)
     return {
-        "crontab": CRONTAB.render(minute=minute, hour=hour, repo=repo, command=cron_command, log=log, mark=CRON_MARK),
-        f"{UNIT}.service": SERVICE.render(repo=repo, command=command),
-        f"{UNIT}.timer": TIMER.render(repo=repo, at=f"{hour:02d}:{minute:02d}"),
+        "crontab": f"{minute} {hour} * * * {_cron(body)}\n",
+        # ExecStart expands $NAME too; $$ is a literal $.
+        f"{UNIT}.service": SERVICE.render(repo=_systemd(str(repo)), command=_systemd(command).replace("$", "$$")),
+        f"{UNIT}.timer": TIMER.render(repo=_systemd(str(repo)), at=f"{hour:02d}:{minute:02d}"),
     }
+
+
+def _check_writable(*values) -> None:
+    """A newline (or any control character) would end the crontab line or the unit's setting,
+    and what follows it would run as a command of its own; a backslash is an escape to both.
+    Refused rather than written."""
+    for value in map(str, values):
+        if any(ord(c) < 32 or ord(c) == 127 or c == "\\" for c in value):
+            raise ValueError(f"cannot schedule {value!r}: it holds a newline, a control character or a backslash, "
+                             f"which cron and systemd would not read as written; move the checkout (or the "
+                             f"artifacts) to a plain path")
 
 
 def install_cron(line: str, repo: Path) -> str:
@@ -75,7 +96,7 @@ def install_cron(line: str, repo: Path) -> str:
     if shutil.which("crontab") is None:
         raise RuntimeError("no crontab command on this machine; install cron, or use --install systemd")
     current = subprocess.run(["crontab", "-l"], capture_output=True, text=True)
-    mine = f"{CRON_MARK} {Path(repo).resolve()}"
+    mine = _cron(f"{CRON_MARK} {Path(repo).resolve()}")
     kept = [l for l in current.stdout.splitlines() if not l.endswith(mine)] if current.returncode == 0 else []
     subprocess.run(["crontab", "-"], input="\n".join([*kept, line.rstrip("\n")]) + "\n", text=True, check=True)
     return "user crontab"

@@ -1,3 +1,4 @@
+import errno
 import json
 import os
 import signal
@@ -15,7 +16,8 @@ from conftest import REPO
 from components.presets import PRESETS
 from components.preprocess import preprocess
 from components.ingest import ingest
-from components.train import StopAtThreshold, batches, read_split, resolve_settings, stop_callback, train
+from components.presets import resolve_settings
+from components.train import StopAtThreshold, batches, read_split, stop_callback, train
 
 LAYERS = {  # the layer types each seed describes, in order (Input not counted)
     "seed-000": ["Conv2D", "MaxPooling2D", "Flatten", "Dense", "Dense"],
@@ -178,7 +180,7 @@ def test_training_killed_mid_way_resumes_after_its_last_finished_epoch(tmp_path,
     temp.mkdir()
     child = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stderr=subprocess.DEVNULL,
                              env={**os.environ, "TMPDIR": str(temp)})
-    metadata = backup / "training_metadata.json"
+    metadata = backup / "epoch" / "training_metadata.json"
     deadline = time.monotonic() + 120
     while not metadata.is_file() and time.monotonic() < deadline and child.poll() is None:
         time.sleep(0.05)
@@ -194,3 +196,25 @@ def test_training_killed_mid_way_resumes_after_its_last_finished_epoch(tmp_path,
     history = json.loads((tmp_path / "model" / "history.json").read_text())
     assert len(history["accuracy"]) == 8  # the epochs before the kill are reported too
     assert not backup.exists()  # a finished training leaves no backup behind
+
+
+def test_a_backup_cut_short_by_a_full_disk_is_never_restored(tmp_path, transformed, monkeypatch):
+    clean = train(transformed, tmp_path / "clean", preset="seed-000", epochs=2, stop="none")
+    real_save = keras.Model.save_weights
+
+    def save_then_run_out_of_space(self, filepath, *args, **kwargs):
+        real_save(self, filepath, *args, **kwargs)  # the weights are written, the metadata never is
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    backup = tmp_path / "backup"
+    monkeypatch.setattr(keras.Model, "save_weights", save_then_run_out_of_space)
+    with pytest.raises(OSError, match="No space left on device"):
+        train(transformed, tmp_path / "full", preset="seed-000", epochs=2, stop="none", backup_dir=backup)
+    monkeypatch.undo()
+
+    # Keras' own backup then loaded epoch 1's weights with no epoch recorded, and trained two
+    # more epochs on top of them: the same inputs made another model. Nothing was committed.
+    again = train(transformed, tmp_path / "model", preset="seed-000", epochs=2, stop="none", backup_dir=backup)
+    assert again["resumed_after_epoch"] == 0
+    assert again["final_metrics"] == clean["final_metrics"]
+    assert not backup.exists()  # removed once training finished

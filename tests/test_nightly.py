@@ -94,7 +94,7 @@ def test_a_stale_lock_of_a_dead_process_does_not_block(store, tfds_dir):
 def test_a_nightly_killed_in_training_resumes_there_and_completes(store, tfds_dir):
     settings = {"train.epochs": 8, "train.stop": "none"}
     killed = _start(store, tfds_dir, **settings)
-    metadata = lambda: list((store / "backups").glob("*/training_metadata.json"))  # noqa: E731
+    metadata = lambda: list((store / "backups").glob("*/epoch/training_metadata.json"))  # noqa: E731
     _wait_for(lambda: metadata() or killed.poll() is not None)
     killed.send_signal(signal.SIGKILL)
     killed.wait()

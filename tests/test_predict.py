@@ -1,4 +1,5 @@
 import json
+import os
 import re
 
 import numpy as np
@@ -88,7 +89,9 @@ def test_each_bad_file_gets_its_error_and_the_rest_are_classified(full_run, test
         "truncated.png": "truncated or corrupt image",
         "bomb.png": "image too large to decode safely",
         "missing.png": "no such file",
+        "fifo.png": "not a regular file",  # read as a file, it blocked predict forever
     }
+    os.mkfifo(tmp_path / "fifo.png")
     paths = [str(tmp_path / name) for name in bad] + [str(good)]
     assert main(["--artifacts", str(root), "predict", *paths]) == 1
     out, err = capsys.readouterr()

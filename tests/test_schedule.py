@@ -15,7 +15,8 @@ def test_crontab_line_and_systemd_units_run_this_checkouts_nightly(tmp_path):
     assert command.replace("%", r"\%") in cron  # a bare % would end cron's command
     assert f">> {tmp_path / 'art' / 'nightly.log'} 2>&1" in cron
     service, timer = files[f"{schedule.UNIT}.service"], files[f"{schedule.UNIT}.timer"]
-    assert f"WorkingDirectory={REPO}\n" in service and f"ExecStart={command}\n" in service
+    # systemd reads %x as a specifier: a literal % is %%
+    assert f"WorkingDirectory={REPO}\n" in service and f"ExecStart={command.replace('%', '%%')}\n" in service
     assert "OnCalendar=*-*-* 03:05:00\n" in timer and "Persistent=true\n" in timer
 
 
@@ -46,3 +47,22 @@ def test_install_cron_replaces_this_checkouts_entry_and_keeps_the_others(tmp_pat
 def test_a_bad_time_is_refused():
     with pytest.raises(ValueError, match="write HH:MM"):
         schedule.schedule_files(REPO, "art", at="25:00")
+
+
+def test_hostile_checkout_paths_are_escaped_for_cron_and_systemd_or_refused(tmp_path):
+    repo = tmp_path / "my%h $(touch pwned) checkout"
+    files = schedule.schedule_files(repo, repo / "art")
+    cron = files["crontab"]
+    assert "%" not in cron.replace(r"\%", "")  # every % escaped: cron would cut the command there
+    assert cron.count("\n") == 1 and cron.endswith("\n")
+    assert f"cd '{str(repo).replace('%', chr(92) + '%')}' && " in cron  # one quoted word for the shell
+    service = files[f"{schedule.UNIT}.service"]
+    exec_start = next(line for line in service.splitlines() if line.startswith("ExecStart="))
+    assert "%%h" in exec_start and "%h" not in exec_start.replace("%%h", "")  # no specifier left to expand
+    assert "$$(touch" in exec_start  # systemd expands $NAME in ExecStart; $$ is a literal $
+    assert f"WorkingDirectory={str(repo).replace('%', '%%')}\n" in service
+    for bad in (tmp_path / "evil\n* * * * * rm -rf ~", tmp_path / "back\\slash"):
+        with pytest.raises(ValueError, match="cannot schedule"):
+            schedule.schedule_files(bad, tmp_path / "art")
+    with pytest.raises(ValueError, match="cannot schedule"):
+        schedule.schedule_files(REPO, tmp_path / "art", overrides=["ingest.extra_dir=/x\n0 * * * * sh"])
