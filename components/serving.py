@@ -195,8 +195,9 @@ def push(saved_model: Path, model_base: Path, record: dict, *, judged_against=AN
                                "pushed_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
                 (staging / "model" / PUSH_RECORD).write_text(json.dumps(full_record, indent=2))
             except (shutil.Error, OSError) as err:
+                still = f"version {replaces} still serves" if replaces is not None else "nothing is served"
                 raise ServingError(f"could not stage the model in {base} ({_reason(err)}); nothing was pushed, "
-                                   f"version {replaces} still serves") from None
+                                   f"{still}") from None
             os.rename(staging / "model", base / str(version))
             return version
         finally:

@@ -236,9 +236,13 @@ class Backup(keras.callbacks.BackupAndRestore):
         saving, committed, previous = (self.root / n for n in (self.SAVING, self.COMMITTED, self.PREVIOUS))
         shutil.rmtree(saving, ignore_errors=True)
         saving.mkdir(parents=True)
-        self.model.save_weights(str(saving / "latest.weights.h5"))
-        (saving / "training_metadata.json").write_text(
-            json.dumps({"epoch": self._current_epoch, "batch": self._last_batch_seen}))
+        try:
+            self.model.save_weights(str(saving / "latest.weights.h5"))
+            (saving / "training_metadata.json").write_text(
+                json.dumps({"epoch": self._current_epoch, "batch": self._last_batch_seen}))
+        except BaseException:
+            shutil.rmtree(saving, ignore_errors=True)  # on a full disk: the space back at once
+            raise
         shutil.rmtree(previous, ignore_errors=True)
         if committed.is_dir():
             os.rename(committed, previous)

@@ -8,6 +8,7 @@ Beam or TFDS.
 from __future__ import annotations
 
 import contextlib
+import errno
 import importlib
 import json
 import logging
@@ -204,13 +205,13 @@ def _run_step(store: ArtifactStore, run_dir: Path, step: Step, cfg: Config, ctx:
             step.gate(hit.path, hit.manifest["result"])
         return Upstream(hit.path, fp)
 
-    for arg, up in upstream.items():  # cheaply, by size: a truncated file would fail deep inside TensorFlow
-        _check_input(step.inputs[arg], up)
     store.update_run(run_dir, step.name, status="running", started_at=now(), fingerprint=fp,
                      inputs={arg: str(u.path) for arg, u in upstream.items()})  # what retention must keep
     log.info("%s started", step.name)
     started, started_at = time.perf_counter(), now()
     try:
+        for arg, up in upstream.items():  # cheaply, by size: a truncated file would fail deep inside TensorFlow
+            _check_input(step.inputs[arg], up)
         with store.staging(run_dir, step.name) as scratch, _backup_for(step, ctx, fp) as extra:
             entry_point = getattr(importlib.import_module(step.module), step.name)
             result = entry_point(**{arg: u.path for arg, u in upstream.items()}, **{step.output: scratch},
@@ -266,6 +267,10 @@ def error_line(err: BaseException, *, named: bool = True, limit: int = 400) -> s
     """An error as one line for the operator: its first line, cut at `limit` characters (a
     TensorFlow message can hold a hex dump), prefixed with the component it broke in."""
     first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    if isinstance(err, OSError) and err.errno == errno.ENOSPC and "No space left" not in first:
+        first = f"No space left on device ({first})"  # h5py's words for it say only "write failed"
+    if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+        first += "; free some space and run the same command again"
     if len(first) > limit:
         first = first[: limit - 3] + "..."
     component = getattr(err, "component", None)

@@ -95,3 +95,30 @@ def test_rerun_forces_a_component_and_what_depends_on_it(store, tfds_dir):
 def test_no_cache_executes_everything(store, tfds_dir):
     run_dir = run(load_config(small_overrides(tfds_dir)), store, use_cache=False)
     assert set(_statuses(run_dir).values()) == {"succeeded"}
+
+
+def test_a_damaged_cached_output_is_recomputed_and_a_damaged_input_is_named(store, full_run, tfds_dir, caplog):
+    from pipeline.runner import DamagedInputError
+    from pipeline.store import ArtifactStore
+
+    first = store / "runs" / full_run[1].name
+    cfg = load_config(small_overrides(tfds_dir))
+    shard = next((first / "preprocess").glob("train-*.tfrecord"))
+    shard.write_bytes(shard.read_bytes()[:1000])  # truncated: TensorFlow said only "Graph execution error:"
+    # A component run alone reads its input as it is: the one line names the file and the fix.
+    with pytest.raises(DamagedInputError, match=rf"^the preprocess output in {first / 'preprocess'} is damaged: "
+                                                rf"{shard} has 1000 bytes, its manifest says \d+; "
+                                                rf"recompute it: python -m pipeline run --rerun preprocess$"):
+        run(cfg, store, ["train"])
+    # A whole run does not reuse it: preprocess executes again, with a warning naming the file.
+    statuses = _statuses(run(cfg, store, rerun=["train"]))
+    assert statuses["ingest"] == "cached" and statuses["preprocess"] == "succeeded"
+    assert f"not reusing the preprocess output of run {first.name}: {shard} has 1000 bytes" in caplog.text
+
+    # Same size, other bytes: found by the checksum once reading it fails (Keras: "File not found").
+    model = ArtifactStore(store).latest("train").path / "model.keras"
+    model.write_bytes(b"\0" * model.stat().st_size)
+    with pytest.raises(DamagedInputError, match=rf"the train output in {model.parent} is damaged: {model} does not "
+                                                rf"have the bytes its manifest records.*--rerun train$") as err:
+        run(cfg, store, ["evaluate"])
+    assert err.value.component == "evaluate"

@@ -76,3 +76,54 @@ def test_a_run_stopped_by_validation_still_gets_a_report_saying_why(tmp_path, tf
     assert "failed: training did not start" in html and "empty_split" in html
     assert "No model was trained in this run" in html
     assert (tmp_path / "index.html").is_file()
+
+
+HOSTILE = "<img src=x onerror=document.body.prepend(1)>"
+
+
+def _no_markup_from_outside(html: str) -> None:
+    assert HOSTILE not in html and "<img src=x" not in html  # what a browser would have run
+    assert "&lt;img src=x onerror=document.body.prepend(1)&gt;" in html
+
+
+def test_a_hostile_setting_and_path_reach_report_and_index_as_text(tmp_path, tfds_dir):
+    from pipeline.config import load_config
+    from pipeline.runner import run
+    from tests.conftest import small_overrides
+
+    # The split string reaches the error text; the serving root the index's "nothing served" line.
+    cfg = load_config(small_overrides(tfds_dir, **{"ingest.train_split": HOSTILE, "export.serving_root": HOSTILE}))
+    with pytest.raises(ValueError, match="bad TFDS split"):
+        run(cfg, tmp_path)
+    run_dir = next((tmp_path / "runs").iterdir())
+    _no_markup_from_outside((run_dir / "report.html").read_text())
+    _no_markup_from_outside((tmp_path / "index.html").read_text())
+
+
+def test_every_field_from_outside_is_escaped_in_the_report(full_run, tmp_path):
+    import shutil
+
+    root = tmp_path / "artifacts"
+    shutil.copytree(full_run[0], root)
+    run_dir = root / "runs" / full_run[1].name
+    # What evaluate and validate quote from outside: a served path in a warning, a setting in a reason.
+    blessing_path = run_dir / "evaluate" / "blessing.json"
+    blessing = json.loads(blessing_path.read_text())
+    blessing.update(warnings=[f"the served model {HOSTILE} cannot be loaded"], reasons=[f"a reason {HOSTILE}"])
+    blessing_path.write_text(json.dumps(blessing))
+    anomalies_path = run_dir / "validate" / "anomalies.json"
+    anomalies = json.loads(anomalies_path.read_text())
+    anomalies["reference"] = HOSTILE
+    anomalies["checks"][0]["message"] = HOSTILE
+    anomalies_path.write_text(json.dumps(anomalies))
+    training_path = run_dir / "train" / "training.json"
+    training = json.loads(training_path.read_text())
+    training["stop_reason"] = HOSTILE
+    training_path.write_text(json.dumps(training))
+    record = json.loads((run_dir / "run.json").read_text())
+    record["error"] = HOSTILE
+    record["config"]["train"]["preset"] = HOSTILE
+    (run_dir / "run.json").write_text(json.dumps(record))
+    html = build_report(run_dir).read_text()
+    _no_markup_from_outside(html)
+    assert html.count("&lt;img src=x") >= 5

@@ -93,3 +93,42 @@ def test_a_run_killed_mid_step_leaves_its_temp_files_in_the_run_not_the_system_t
     child.send_signal(signal.SIGKILL)
     child.wait()
     assert beam_temp() and not list(temp.iterdir())
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 40 MB tmpfs: the issue's reproduction of a full disk (mounting needs root, as CI has)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", str(disk)], check=True)
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], check=True)
+
+
+def test_a_full_disk_is_recorded_naming_the_component_and_leaves_nothing_half_written(full_run, small_disk, tfds_dir):
+    root = small_disk / "artifacts"
+    shutil.copytree(full_run[0], root)
+    filler = small_disk / "filler"
+    free = shutil.disk_usage(small_disk).free
+    filler.write_bytes(b"\0" * (free - 2_000_000))  # room for a little, not for an epoch's backup
+    cfg = load_config(small_overrides(tfds_dir, **{"train.epochs": 1}))
+    with pytest.raises(OSError) as err:
+        run(cfg, root, ["train"])
+    [failed] = [d for d in (root / "runs").iterdir() if d.name != full_run[1].name]
+    record = json.loads((failed / "run.json").read_text())  # recorded, though the disk was full
+    assert record["status"] == "failed" and record["components"]["train"]["status"] == "failed"
+    assert record["error"].startswith("train failed: ") and "No space left on device" in record["error"]
+    assert "\n" not in record["error"]
+    assert "train failed after" in (failed / "run.log").read_text()
+    assert getattr(err.value, "component", None) == "train"
+    # No temp file of any writer, no partial backup, no scratch: only what a failed run keeps.
+    leftovers = [p for p in root.rglob(".*") if not p.name.endswith(".push.lock")]  # the lock stays: it is no data
+    assert not leftovers, leftovers
+    assert not list((root / "backups").glob("*/epoch")) and not list((root / "backups").glob("*/.saving"))
+
+    filler.unlink()
+    run_dir = run(cfg, root, ["train"])
+    training = json.loads((run_dir / "train" / "training.json").read_text())
+    assert training["resumed_after_epoch"] == 0 and training["epochs_run"] == 1
