@@ -85,7 +85,8 @@ def _train_like_a_notebook(transformed: Path, cfg) -> dict:
     import keras
 
     from components.presets import Preset
-    from components.train import EpochLog, compiled_model, read_split, resolve_settings, split_size
+    from components.train import EpochLog, compiled_model, resolve_settings
+    from components.training_data import read_split, split_size
 
     preset_fields = {f.name for f in dataclasses.fields(Preset)}
     settings = resolve_settings(cfg.train.preset, **cfg.train.model_dump(include=preset_fields))

@@ -35,8 +35,8 @@ def _tf_config(ports: list[int], index: int) -> str:
 
 
 def test_two_workers_train_one_model_and_the_chief_pushes_it(tmp_path, full_run, tfds_dir):
-    from components.evaluate import predict_saved_model
-    from components.ingest import read_examples
+    from components.client import predict_saved_model
+    from components.records import read_examples
     from pipeline.store import ArtifactStore
 
     root, default_run, _ = full_run
