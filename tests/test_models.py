@@ -15,7 +15,8 @@ from conftest import REPO
 from components.presets import PRESETS
 from components.preprocess import preprocess
 from components.ingest import ingest
-from components.train import StopAtThreshold, resolve_settings, stop_callback, train
+from components.callbacks import StopAtThreshold, stop_callback
+from components.train import resolve_settings, train
 from components.training_data import batches, read_split
 
 LAYERS = {  # the layer types each seed describes, in order (Input not counted)
