@@ -65,20 +65,20 @@ def train(transformed: Path, model: Path, *, preset: str = "best", seed: int = 4
 
     with distribution.scope():
         net = compiled_model(settings, steps_per_epoch)
-    distribute.prepare_fit(net, train_ds, distribution)
 
     stopper, epoch_log = stop_callback(settings), EpochLog(backup)
     callbacks = [*([ProgressBar()] if sys.stderr.isatty() else []), epoch_log,
                  keras.callbacks.TensorBoard(log_dir=str(model_dir / "logs")), *(c for c in (backup, stopper) if c)]
     _log_devices(strategy, distribution, role)
     model_dir.mkdir(parents=True, exist_ok=True)
-    started, cpu_started = time.perf_counter(), time.process_time()
-    fit = net.fit(
-        train_ds, validation_data=val_ds, epochs=settings.epochs, callbacks=callbacks, verbose=0,
-        steps_per_epoch=steps_per_epoch, validation_steps=validation_steps,
-        shuffle=False,  # tf.data already shuffles, reproducibly, with the run's seed
-    )
-    train_seconds, train_cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
+    with distribute.fit_patch(net, train_ds, distribution):
+        started, cpu_started = time.perf_counter(), time.process_time()
+        fit = net.fit(
+            train_ds, validation_data=val_ds, epochs=settings.epochs, callbacks=callbacks, verbose=0,
+            steps_per_epoch=steps_per_epoch, validation_steps=validation_steps,
+            shuffle=False,  # tf.data already shuffles, reproducibly, with the run's seed
+        )
+        train_seconds, train_cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
     history = backup.history if backup else fit.history  # with a backup: the epochs before a resume too
     epochs_run = len(epoch_log.timings)
     reason = stop_reason(stopper, settings, epochs_run)
