@@ -84,8 +84,10 @@ def _train_like_a_notebook(transformed: Path, cfg) -> dict:
     """The seed notebooks' way: the whole split as NumPy arrays straight into `model.fit`."""
     import keras
 
+    from components.callbacks import EpochLog
+    from components.models import compiled_model
     from components.presets import Preset, resolve_settings
-    from components.train import EpochLog, compiled_model, read_split, split_size
+    from components.training_data import read_split, split_size
 
     preset_fields = {f.name for f in dataclasses.fields(Preset)}
     settings = resolve_settings(cfg.train.preset, **cfg.train.model_dump(include=preset_fields))

@@ -34,8 +34,8 @@ def render_like_a_user(digit: np.ndarray, rng: np.random.Generator) -> Image.Ima
 
 def main(argv: list[str] | None = None) -> int:
     from components.digits import load_image, to_mnist
-    from components.evaluate import predict_saved_model
-    from components.ingest import read_examples
+    from components.client import predict_saved_model
+    from components.records import read_examples
     from pipeline.config import load_config
     from pipeline.predict import resolve_model
     from pipeline.runner import serving_root

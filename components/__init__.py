@@ -1,7 +1,11 @@
-"""Pipeline steps, one module each (ingest, preprocess, train, evaluate, export),
-and the pieces they share: `transform` (the one scaling), `presets` (models by name,
-Keras-free) and `models` (their architectures), `serving` (the TF Serving directory
-layout), `digits` (user images to MNIST form), `distribute` (tf.distribute strategies by name)."""
+"""Pipeline steps, one module each (ingest, preprocess, validate, train, evaluate, export),
+and the pieces they share, each its own module so that a step's code fingerprint covers
+only the code it runs: `records` (the TFRecord formats, their writers and readers),
+`transform` (the one scaling), `presets` (models by name, Keras-free) and `models` (their
+architectures, compiled), `training_data` (training's batch stream), `callbacks` (training's
+Keras callbacks), `distribute` (tf.distribute strategies by name, and the Keras patch they
+need), `client` (a SavedModel called as a serving client calls it), `serving` (the TF
+Serving directory layout), `digits` (user images to MNIST form)."""
 
 import os
 

@@ -10,11 +10,13 @@ role before anything heavy loads.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 
 STRATEGIES = ("default", "mirrored", "multi_worker")
+PATCHED_KERAS = "3.15"  # the series whose private trainer `fit_patch` is written against
 RUN_WORKER = "python -m pipeline run train --set train.strategy=multi_worker"
 
 
@@ -78,33 +80,35 @@ def strategy(name: str):
                            f"make components.distribute.strategy('multi_worker') first") from None
 
 
-def prepare_fit(net, dataset, distribution) -> None:
-    """Lets Keras 3's `fit` run under a multi-worker strategy (keras-team/keras#20585).
+@contextlib.contextmanager
+def fit_patch(net, dataset, distribution):
+    """Lets Keras 3.15's `fit` run under a multi-worker strategy (keras-team/keras#20585),
+    for the `fit` called inside this block only.
 
     Keras 3.15 builds a model at the start of `fit` from a first batch it draws from the
     training iterator and averages across replicas; MultiWorkerMirroredStrategy cannot
     average that (x, y) tuple, and under any strategy the drawn batch is lost to training.
     The model is built here from the dataset's element spec instead. And Keras averages
     each step's scalar metrics across workers along an axis 0 they do not have; they are
-    averaged as scalars. Both are no-ops under the default strategy.
+    averaged as scalars. Both reach into Keras' private trainer, so the block refuses any
+    other Keras series than the one this was written against, and puts both back on the
+    way out, however the block ends. Under the default strategy it does nothing, on any Keras.
     """
     import keras
     import tensorflow as tf
 
     if distribution is tf.distribute.get_strategy():  # the default strategy: Keras needs no help
+        yield
         return
+    if not keras.__version__.startswith(f"{PATCHED_KERAS}."):
+        raise RuntimeError(f"train.strategy mirrored and multi_worker patch the fit of Keras {PATCHED_KERAS} "
+                           f"(keras-team/keras#20585), and Keras {keras.__version__} is installed; install "
+                           f"Keras {PATCHED_KERAS}.x, as pyproject.toml pins it, or set train.strategy=default")
+    from keras.src.backend.tensorflow import trainer
+
     spec = keras.tree.map_structure(lambda s: keras.KerasTensor(s.shape, s.dtype.name), dataset.element_spec)
     with distribution.scope():
         net._symbolic_build(data_batch=spec)
-    net._maybe_symbolic_build = lambda iterator=None, data_batch=None: None
-    _average_scalars_across_workers()
-
-
-@functools.cache  # once per process: it wraps Keras' function
-def _average_scalars_across_workers() -> None:
-    import keras
-    from keras.src.backend.tensorflow import trainer
-
     keras_reduce = trainer.reduce_per_replica
 
     def reduce_per_replica(values, distribution, reduction="auto"):
@@ -112,4 +116,10 @@ def _average_scalars_across_workers() -> None:
             return keras.tree.map_structure(lambda v: distribution.reduce("MEAN", v, axis=None), values)
         return keras_reduce(values, distribution, reduction)
 
+    net._maybe_symbolic_build = lambda iterator=None, data_batch=None: None
     trainer.reduce_per_replica = reduce_per_replica
+    try:
+        yield
+    finally:
+        trainer.reduce_per_replica = keras_reduce
+        del net._maybe_symbolic_build  # Keras' own method again

@@ -13,17 +13,16 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Callable
 
 import keras
 import numpy as np
 import seaborn as sns
-import tensorflow as tf
 from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global figure state
 from sklearn.metrics import classification_report, confusion_matrix, log_loss
 
 from components import serving
-from components.ingest import iter_examples
+from components.client import serving_function
+from components.records import iter_examples
 from components.transform import NUM_CLASSES, scale_pixels
 
 CLASSES = list(range(NUM_CLASSES))
@@ -70,19 +69,6 @@ def judge(candidate: dict, baseline: dict | None, *, min_accuracy: float, accura
                 f"more than {max_recall_drop} (evaluate.max_recall_drop)"
             )
     return reasons
-
-
-def serving_function(saved_model: Path) -> Callable[[np.ndarray], np.ndarray]:
-    """A SavedModel's serving signature as a function from raw uint8 images to class
-    probabilities, called as a client would call it."""
-    serve = tf.saved_model.load(str(saved_model)).signatures["serving_default"]
-    return lambda images: serve(images=tf.constant(images))["probabilities"].numpy()
-
-
-def predict_saved_model(saved_model: Path, images: np.ndarray, batch_size: int = BATCH_SIZE) -> np.ndarray:
-    """Class probabilities from a served SavedModel fed raw uint8 images."""
-    predict = serving_function(saved_model)
-    return np.concatenate([predict(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
 
 
 def evaluate(

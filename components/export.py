@@ -19,8 +19,8 @@ import numpy as np
 import tensorflow as tf
 
 from components import serving
-from components.evaluate import predict_saved_model
-from components.ingest import iter_examples
+from components.client import predict_saved_model
+from components.records import iter_examples
 from components.transform import scale_pixels
 
 log = logging.getLogger(__name__)

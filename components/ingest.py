@@ -24,13 +24,13 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from components.digits import ImageError, labelled_images, load_image, to_mnist
+from components.records import serialize_example
 
 if not sys.stderr.isatty():
     tfds.disable_progress_bar()  # a person at a terminal sees TFDS's bars; unattended logs stay lines
 log = logging.getLogger(__name__)
 SPLITS = ("train", "test")
 EXAMPLES_PER_SHARD = 50_000  # shards keep a later distributed Beam read parallel
-RAW_FEATURES = {"image": tf.io.FixedLenFeature([], tf.string), "label": tf.io.FixedLenFeature([], tf.int64)}
 PROBE_SECONDS = 5  # offline, TFDS retries the download for minutes before it gives up
 
 
@@ -175,20 +175,6 @@ def _write_extra(folder: Path, examples: Path) -> dict:
             "per_digit": {str(d): n for d, n in enumerate(per_digit)}, "skipped": skipped}
 
 
-def serialize_example(image, label) -> bytes:
-    feature = {
-        "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[bytes(image)])),
-        "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)])),
-    }
-    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
-
-
-def parse_example(record: bytes):
-    """The inverse of `serialize_example`: (784 uint8 pixels, label)."""
-    features = tf.train.Example.FromString(record).features.feature
-    return np.frombuffer(features["image"].bytes_list.value[0], dtype=np.uint8), int(features["label"].int64_list.value[0])
-
-
 def _write_split(dataset: tf.data.Dataset, folder: Path, name: str) -> int:
     n = int(dataset.cardinality())
     num_shards = max(1, math.ceil(n / EXAMPLES_PER_SHARD))
@@ -203,24 +189,3 @@ def _write_split(dataset: tf.data.Dataset, folder: Path, name: str) -> int:
     for writer in writers:
         writer.close()
     return count
-
-
-def iter_examples(examples: Path, split: str, batch_size: int = 1000):
-    """One split of an ingest output, batch by batch: (uint8 images (n, 28, 28), int64 labels (n,)).
-    Only one batch is in memory at a time, whatever the split's size."""
-    files = sorted(str(p) for p in Path(examples).glob(f"{split}-*.tfrecord"))
-    if not files:
-        raise FileNotFoundError(f"no {split} examples in {examples}; run ingest first")
-
-    @tf.autograph.experimental.do_not_convert  # plain TF ops; autograph would leave a temp file if killed
-    def decode(records):
-        example = tf.io.parse_example(records, RAW_FEATURES)
-        return tf.reshape(tf.io.decode_raw(example["image"], tf.uint8), (-1, 28, 28)), example["label"]
-
-    yield from tf.data.TFRecordDataset(files).batch(batch_size).map(decode).as_numpy_iterator()
-
-
-def read_examples(examples: Path, split: str):
-    """One split of an ingest output at once (for small splits and tests): `iter_examples`, joined."""
-    images, labels = zip(*iter_examples(examples, split))
-    return np.concatenate(images), np.concatenate(labels)

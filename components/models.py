@@ -1,4 +1,5 @@
-"""The architectures behind the presets (`components.presets`): each seed's network, and `best`, ours.
+"""The architectures behind the presets (`components.presets`): each seed's network, and `best`, ours;
+and `compiled_model`, a preset's network compiled with its optimizer, schedule and loss.
 
 Every architecture takes scaled (28, 28, 1) images and returns class probabilities.
 """
@@ -7,6 +8,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+from components.presets import Preset
 from components.transform import IMAGE_SHAPE, NUM_CLASSES
 
 
@@ -113,3 +115,27 @@ def build(architecture: str) -> keras.Model:
 
 
 ARCHITECTURES = {f.__name__: f for f in (best, seed_000, seed_002, seed_003, seed_004)}
+
+
+def compiled_model(settings: Preset, steps_per_epoch: int) -> keras.Model:
+    """A fresh network of the preset, compiled with its optimizer, schedule and loss."""
+    net = build(settings.architecture)
+    net.compile(
+        optimizer=_optimizer(settings, steps_per_epoch),
+        loss="categorical_crossentropy" if settings.one_hot_labels else "sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    return net
+
+
+def _optimizer(settings: Preset, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+    lr = settings.learning_rate
+    if settings.schedule == "warmup_cosine":
+        # One linear warm-up epoch from lr/30, then cosine decay to zero at the last epoch.
+        total = settings.epochs * steps_per_epoch
+        lr = keras.optimizers.schedules.CosineDecay(
+            lr / 30, decay_steps=max(total - steps_per_epoch, 1), warmup_target=lr, warmup_steps=steps_per_epoch
+        )
+    return {"adam": keras.optimizers.Adam, "rmsprop": keras.optimizers.RMSprop, "sgd": keras.optimizers.SGD}[
+        settings.optimizer
+    ](learning_rate=lr)

@@ -19,17 +19,12 @@ from pathlib import Path
 
 import apache_beam as beam
 import numpy as np
-import tensorflow as tf
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from components.ingest import parse_example
+from components.records import SCALED_FEATURES, parse_example, serialize_scaled
 from components.transform import NUM_CLASSES, scale_pixels
 
-FEATURES = {
-    "image": tf.io.FixedLenFeature([28, 28, 1], tf.float32),
-    "label": tf.io.FixedLenFeature([], tf.int64),
-}
 HASH_BUCKETS = 10_000
 _progress = None  # the terminal's bar while an in-process runner runs the job; None in workers
 PIXEL_BINS = 20  # of the scaled [0, 1] range, for the drift and skew checks
@@ -128,7 +123,7 @@ def _run_job(options: PipelineOptions, examples: str, transformed: str, validati
             if name != "test":  # evaluate reads raw test examples, as serving would see them
                 (
                     scaled
-                    | f"Serialize{name}" >> beam.Map(serialize_transformed)
+                    | f"Serialize{name}" >> beam.Map(serialize_scaled)
                     | f"Write{name}" >> beam.io.WriteToTFRecord(
                         FileSystems.join(transformed, name), file_name_suffix=".tfrecord", num_shards=num_shards
                     )
@@ -160,7 +155,7 @@ def decode_raw_example(record: bytes) -> tuple[bytes, np.ndarray | None, int | N
         image, label = parse_example(record)
     except (IndexError, KeyError, ValueError):  # a feature missing or of the wrong type
         return record, None, None, "shape"
-    if image.size != int(np.prod(FEATURES["image"].shape)):
+    if image.size != int(np.prod(SCALED_FEATURES["image"].shape)):
         return record, None, None, "shape"
     if not 0 <= label < NUM_CLASSES:
         return record, None, None, "label"
@@ -186,15 +181,6 @@ def scale_batch(batch: list[tuple[bytes, np.ndarray, int]]) -> list[tuple[np.nda
     """Scales a batch at once: one TF op call per few hundred images, not per image."""
     images = scale_pixels(np.stack([example[1] for example in batch])).numpy()
     return [(image, example[2]) for image, example in zip(images, batch)]
-
-
-def serialize_transformed(example: tuple[np.ndarray, int]) -> bytes:
-    image, label = example
-    feature = {
-        "image": tf.train.Feature(float_list=tf.train.FloatList(value=image.ravel())),
-        "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
-    }
-    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
 
 
 class SplitStatistics(beam.CombineFn):
@@ -223,7 +209,7 @@ class SplitStatistics(beam.CombineFn):
 
     def extract_output(self, acc):
         count, histogram, total, total_sq, low, high, pixels = acc
-        n_pixels = max(count, 1) * int(np.prod(FEATURES["image"].shape))
+        n_pixels = max(count, 1) * int(np.prod(SCALED_FEATURES["image"].shape))
         mean = total / n_pixels
         return {
             "count": int(count),

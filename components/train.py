@@ -9,9 +9,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
-import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -19,248 +16,14 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from components import distribute, models
-from components.presets import Preset, resolve_settings
-from components.preprocess import FEATURES
-from components.transform import NUM_CLASSES
+from components import distribute
+from components.callbacks import Backup, EpochLog, ProgressBar, stop_callback, stop_reason
+from components.models import compiled_model
+from components.presets import resolve_settings
+from components.training_data import SHUFFLE_BUFFER, read_split, split_size
 
 log = logging.getLogger(__name__)
-CORES = len(os.sched_getaffinity(0))
-PREFETCH_BATCHES = 4
 VALIDATION_BATCH = 1024
-MAX_OPEN_SHARDS = 16
-SHUFFLE_BUFFER = 10_000  # serialized examples, ~3 KB each: ~30 MB, whatever the split's size
-
-
-class StopAtThreshold(keras.callbacks.Callback):
-    """Stops training once `monitor` reaches `threshold` (>= for scores, <= for losses)."""
-
-    def __init__(self, monitor: str, threshold: float):
-        super().__init__()
-        self.monitor, self.threshold = monitor, threshold
-        self.reason = None
-
-    def on_epoch_end(self, epoch, logs=None):
-        logs = logs or {}
-        if self.monitor not in logs:
-            raise ValueError(
-                f"train.monitor {self.monitor!r} is not a logged metric; choose one of {', '.join(sorted(logs))}"
-            )
-        value = logs[self.monitor]
-        reached = value <= self.threshold if "loss" in self.monitor else value >= self.threshold
-        if reached:
-            self.reason = f"{self.monitor} {value:.4f} reached threshold {self.threshold} at epoch {epoch + 1}"
-            log.info("stopping training: %s", self.reason)
-            self.model.stop_training = True
-
-
-class EpochLog(keras.callbacks.Callback):
-    """One log line per epoch, so unattended runs keep their progress in the run log, and
-    each epoch's wall and process CPU seconds, so an idle core shows up in training.json."""
-
-    def __init__(self, backup: "Backup | None" = None):
-        super().__init__()
-        self.backup = backup
-        self.timings: list[dict] = backup.timings if backup else []
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._started, self._cpu_started = time.perf_counter(), time.process_time()
-
-    def on_epoch_end(self, epoch, logs=None):
-        seconds = time.perf_counter() - self._started
-        cpu_seconds = time.process_time() - self._cpu_started
-        timing = {"epoch": epoch + 1, "seconds": round(seconds, 3), "cpu_seconds": round(cpu_seconds, 3)}
-        if self.backup:
-            self.backup.record(logs or {}, timing)  # appends to the same list of timings
-        else:
-            self.timings.append(timing)
-        metrics = " ".join(f"{k}={v:.4f}" for k, v in sorted((logs or {}).items()) if k != "learning_rate")
-        log.info("epoch %d/%d %s (%.1fs, CPU %.0f%% of %d cores)", epoch + 1, self.params["epochs"], metrics, seconds,
-                 100 * cpu_seconds / seconds / CORES, CORES)
-
-
-class ProgressBar(keras.callbacks.Callback):
-    """A live bar per epoch (steps, rate, ETA, running metrics) for a person at a terminal;
-    unattended runs keep EpochLog's one line per epoch only."""
-
-    def on_epoch_begin(self, epoch, logs=None):
-        from tqdm.auto import tqdm
-
-        self.bar = tqdm(total=self.params["steps"], desc=f"epoch {epoch + 1}/{self.params['epochs']}",
-                        unit="step", leave=False, file=sys.stderr)
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.bar.update(1)
-        if batch % 20 == 0:
-            self.bar.set_postfix({k: f"{v:.4f}" for k, v in (logs or {}).items()}, refresh=False)
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.bar.close()  # before EpochLog's line, so the two never share a terminal line
-
-
-def stop_callback(settings: Preset) -> keras.callbacks.Callback | None:
-    """The callback that ends training early, as the settings ask; None runs every epoch."""
-    if settings.stop == "threshold":
-        return StopAtThreshold(settings.monitor, settings.threshold)
-    if settings.stop == "early_stopping":
-        return keras.callbacks.EarlyStopping(monitor=settings.monitor, patience=settings.patience, restore_best_weights=True)
-    return None
-
-
-def split_size(transformed: Path, split: str) -> int:
-    """The number of examples in a preprocessed split, from the statistics Beam counted."""
-    statistics = Path(transformed) / "statistics.json"
-    if not statistics.is_file():
-        raise FileNotFoundError(f"no statistics.json in {transformed}; run preprocess first")
-    count = json.loads(statistics.read_text())[split]["count"]
-    if not count:
-        raise ValueError(f"the {split} split in {transformed} is empty; widen ingest.train_split "
-                         f"or change preprocess.validation_fraction")
-    return count
-
-
-def batches(records: tf.data.Dataset, count: int, batch_size: int, *, decode=None, shuffle_seed: int | None = None,
-            shuffle_buffer: int = SHUFFLE_BUFFER, skip_epochs: int = 0) -> tuple[tf.data.Dataset, int]:
-    """Endless batches of `count` records, decoded batch by batch, and how many make one epoch.
-
-    Each epoch is exactly one pass over the records (shuffled and batched before the
-    repeat), in a new order drawn from the seed when there is one; only `shuffle_buffer`
-    records are held at a time, whatever the split's size. One iterator serves every
-    epoch (Keras keeps it when given steps per epoch), and tf.data's autotuning is off:
-    the destructor of a finished iterator waited on the autotuning thread for up to as
-    long as the epoch had lasted, leaving both cores idle at the boundary (half of some
-    epochs). Reading and parsing cost a few percent of a training step, so a fixed
-    prefetch keeps the model fed. `skip_epochs` passes over epochs already trained (a
-    resumed training) without decoding them.
-    """
-    if shuffle_seed is not None:
-        records = records.shuffle(shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=True)
-    steps = math.ceil(count / batch_size)
-    options = tf.data.Options()
-    options.autotune.enabled = False
-    # Under multi_worker every worker reads the same seeded stream and keeps its share of
-    # each batch, so an epoch is still exactly one pass over the split, whatever the shards.
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    ds = records.batch(batch_size).repeat().skip(skip_epochs * steps)
-    if decode is not None:
-        ds = ds.map(decode)
-    return ds.prefetch(PREFETCH_BATCHES).with_options(options), steps
-
-
-def read_split(transformed: Path, split: str, batch_size: int, *, one_hot: bool = False,
-               shuffle_seed: int | None = None, shuffle_buffer: int = SHUFFLE_BUFFER,
-               skip_epochs: int = 0) -> tuple[tf.data.Dataset, int]:
-    """`batches` of (image, label) streamed from a preprocessed split's TFRecord shards.
-
-    The shards are listed in name order (and shuffled from there with the seed), so a given
-    preprocess output always yields the same stream and, with a seed, the same training.
-    Nothing holds more than the shuffle buffer and a few batches. Two preprocess runs of the same data
-    lay examples out differently (Beam fixes neither shard nor order); the cache reuses
-    one preprocess output for as long as the data and code are the same, so that
-    difference only shows when preprocess really ran again.
-    """
-    files = sorted(str(p) for p in Path(transformed).glob(f"{split}-*.tfrecord"))
-    if not files:
-        raise FileNotFoundError(f"no {split} shards in {transformed}; run preprocess first")
-
-    @tf.autograph.experimental.do_not_convert  # plain TF ops; autograph would leave a temp file if killed
-    def decode(serialized):
-        example = tf.io.parse_example(serialized, FEATURES)
-        label = tf.one_hot(example["label"], NUM_CLASSES) if one_hot else example["label"]
-        return example["image"], label
-
-    # Shards in a new order each epoch, read a record from each in turn: the shuffle buffer
-    # then mixes examples from all over the split, not from the first shard's first records.
-    shards = tf.data.Dataset.from_tensor_slices(files)
-    if shuffle_seed is not None:
-        shards = shards.shuffle(len(files), seed=shuffle_seed, reshuffle_each_iteration=True)
-    records = shards.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), MAX_OPEN_SHARDS))
-    return batches(records, split_size(transformed, split), batch_size, decode=decode,
-                   shuffle_seed=shuffle_seed, shuffle_buffer=shuffle_buffer, skip_epochs=skip_epochs)
-
-
-def _optimizer(settings: Preset, steps_per_epoch: int) -> keras.optimizers.Optimizer:
-    lr = settings.learning_rate
-    if settings.schedule == "warmup_cosine":
-        # One linear warm-up epoch from lr/30, then cosine decay to zero at the last epoch.
-        total = settings.epochs * steps_per_epoch
-        lr = keras.optimizers.schedules.CosineDecay(
-            lr / 30, decay_steps=max(total - steps_per_epoch, 1), warmup_target=lr, warmup_steps=steps_per_epoch
-        )
-    return {"adam": keras.optimizers.Adam, "rmsprop": keras.optimizers.RMSprop, "sgd": keras.optimizers.SGD}[
-        settings.optimizer
-    ](learning_rate=lr)
-
-
-def compiled_model(settings: Preset, steps_per_epoch: int) -> keras.Model:
-    """A fresh network of the preset, compiled with its optimizer, schedule and loss."""
-    net = models.build(settings.architecture)
-    net.compile(
-        optimizer=_optimizer(settings, steps_per_epoch),
-        loss="categorical_crossentropy" if settings.one_hot_labels else "sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-    )
-    return net
-
-
-class Backup(keras.callbacks.BackupAndRestore):
-    """Keras' per-epoch backup (weights, optimizer state, epoch), plus the metrics and
-    timings of the epochs already run, so a resumed training reports all of them.
-
-    Keras writes its weights file and then its metadata in place: a full disk or a kill
-    mid-write left a truncated weights file that the next start loaded without a word, so
-    the same fingerprint trained another model. Here each epoch's pair is written into a
-    scratch folder and committed by renames: `epoch/` always holds a whole epoch, or none.
-    """
-
-    COMMITTED, PREVIOUS, SAVING = "epoch", ".previous", ".saving"
-
-    def __init__(self, backup_dir: Path):
-        super().__init__(str(backup_dir))
-        self.root = Path(backup_dir)
-        committed, previous = self.root / self.COMMITTED, self.root / self.PREVIOUS
-        if not committed.is_dir() and previous.is_dir():  # killed between the two renames of a commit
-            os.rename(previous, committed)
-        shutil.rmtree(self.root / self.SAVING, ignore_errors=True)  # a save that never finished
-        self._weights_path = str(committed / "latest.weights.h5")
-        self._training_metadata_path = str(committed / "training_metadata.json")
-        self.done = self.root / "epochs_done.json"
-        state = json.loads(self.done.read_text()) if self.done.is_file() else {}
-        # The epoch to resume at: Keras' own record, since its weights are what gets restored.
-        metadata = Path(self._training_metadata_path)
-        self.resumed_at = json.loads(metadata.read_text())["epoch"] if metadata.is_file() else 0
-        self.history = {k: v[: self.resumed_at] for k, v in state.get("history", {}).items()}
-        self.timings = state.get("timings", [])[: self.resumed_at]
-
-    def _save_model(self):
-        saving, committed, previous = (self.root / n for n in (self.SAVING, self.COMMITTED, self.PREVIOUS))
-        shutil.rmtree(saving, ignore_errors=True)
-        saving.mkdir(parents=True)
-        try:
-            self.model.save_weights(str(saving / "latest.weights.h5"))
-            (saving / "training_metadata.json").write_text(
-                json.dumps({"epoch": self._current_epoch, "batch": self._last_batch_seen}))
-        except BaseException:
-            shutil.rmtree(saving, ignore_errors=True)  # on a full disk: the space back at once
-            raise
-        shutil.rmtree(previous, ignore_errors=True)
-        if committed.is_dir():
-            os.rename(committed, previous)
-        os.rename(saving, committed)
-        shutil.rmtree(previous, ignore_errors=True)
-
-    def record(self, logs: dict, timing: dict) -> None:
-        for key, value in logs.items():
-            self.history.setdefault(key, []).append(float(value))
-        self.timings.append(timing)
-        Path(self.backup_dir).mkdir(parents=True, exist_ok=True)
-        scratch = self.done.with_suffix(".tmp")
-        scratch.write_text(json.dumps({"history": self.history, "timings": self.timings}))
-        os.replace(scratch, self.done)
-
-    def on_train_end(self, logs=None):
-        super().on_train_end(logs)  # deletes Keras' files once training has finished
-        self.done.unlink(missing_ok=True)
 
 
 def train(transformed: Path, model: Path, *, preset: str = "best", seed: int = 42, strategy: str = "default",
@@ -280,12 +43,9 @@ def train(transformed: Path, model: Path, *, preset: str = "best", seed: int = 4
     settings = resolve_settings(preset, **overrides)
     transformed, model_dir = Path(transformed), Path(model)
     keras.utils.set_random_seed(seed)  # the same on every worker: they draw the same shuffles
-    if backup_dir and role["task"]:
-        backup_dir = Path(backup_dir) / role["task"].replace(":", "-")
-    backup = Backup(backup_dir) if backup_dir else None
+    backup = _backup(backup_dir, role)
     resumed_at = backup.resumed_at if backup else 0
-    if resumed_at:
-        log.info("resuming training after epoch %d from the backup in %s", resumed_at, backup_dir)
+
     # A resumed training skips the epochs already run: they drew their shuffles from the same seeded sequence.
     train_ds, steps_per_epoch = read_split(transformed, "train", settings.batch_size, one_hot=settings.one_hot_labels,
                                            shuffle_seed=seed, shuffle_buffer=shuffle_buffer, skip_epochs=resumed_at)
@@ -293,31 +53,25 @@ def train(transformed: Path, model: Path, *, preset: str = "best", seed: int = 4
 
     with distribution.scope():
         net = compiled_model(settings, steps_per_epoch)
-    distribute.prepare_fit(net, train_ds, distribution)
-    stopper = stop_callback(settings)
-    epoch_log = EpochLog(backup)
-    bar = [ProgressBar()] if sys.stderr.isatty() else []
-    callbacks = [*bar, epoch_log, keras.callbacks.TensorBoard(log_dir=str(model_dir / "logs"))] + [
-        c for c in (backup, stopper) if c]
 
-    # TensorFlow's own device lines are kept off the console (pipeline/console.py): say it here.
-    gpus = tf.config.list_logical_devices("GPU")
-    log.info("training on %s, strategy %s with %d replica(s)%s", ", ".join(d.name for d in gpus) if gpus
-             else "the CPU (no GPU found)", strategy, distribution.num_replicas_in_sync,
-             f", as {role['task']} of {role['workers']} workers" if role["task"] else "")
+    stopper, epoch_log = stop_callback(settings), EpochLog(backup)
+    callbacks = [*([ProgressBar()] if sys.stderr.isatty() else []), epoch_log,
+                 keras.callbacks.TensorBoard(log_dir=str(model_dir / "logs")), *(c for c in (backup, stopper) if c)]
+    _log_devices(strategy, distribution, role)
     model_dir.mkdir(parents=True, exist_ok=True)
-    started, cpu_started = time.perf_counter(), time.process_time()
-    fit = net.fit(
-        train_ds, validation_data=val_ds, epochs=settings.epochs, callbacks=callbacks, verbose=0,
-        steps_per_epoch=steps_per_epoch, validation_steps=validation_steps,
-        shuffle=False,  # tf.data already shuffles, reproducibly, with the run's seed
-    )
-    train_seconds, train_cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
+    with distribute.fit_patch(net, train_ds, distribution):
+        started, cpu_started = time.perf_counter(), time.process_time()
+        fit = net.fit(
+            train_ds, validation_data=val_ds, epochs=settings.epochs, callbacks=callbacks, verbose=0,
+            steps_per_epoch=steps_per_epoch, validation_steps=validation_steps,
+            shuffle=False,  # tf.data already shuffles, reproducibly, with the run's seed
+        )
+        train_seconds, train_cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
     history = backup.history if backup else fit.history  # with a backup: the epochs before a resume too
     epochs_run = len(epoch_log.timings)
-
-    reason = _stop_reason(stopper, settings, epochs_run)
+    reason = stop_reason(stopper, settings, epochs_run)
     log.info("training stopped after %d epoch(s): %s", epochs_run, reason)
+
     net.save(model_dir / "model.keras")
     (model_dir / "history.json").write_text(json.dumps({k: [float(v) for v in vs] for k, vs in history.items()}, indent=2))
     record = {
@@ -341,12 +95,21 @@ def train(transformed: Path, model: Path, *, preset: str = "best", seed: int = 4
     return record
 
 
-def _stop_reason(stopper, settings: Preset, epochs_run: int) -> str:
-    if isinstance(stopper, StopAtThreshold) and stopper.reason:
-        return f"threshold: {stopper.reason}"
-    if isinstance(stopper, keras.callbacks.EarlyStopping) and stopper.stopped_epoch > 0:
-        return (
-            f"early stopping: {settings.monitor} did not improve for {settings.patience} epoch(s); "
-            f"restored the weights of epoch {stopper.best_epoch + 1}"
-        )
-    return f"epoch cap: ran all {epochs_run} of {settings.epochs} epoch(s)"
+def _backup(backup_dir: Path | None, role: dict) -> Backup | None:
+    """The per-epoch backup in `backup_dir` (each worker of a multi-worker training in its own folder), if any."""
+    if not backup_dir:
+        return None
+    if role["task"]:
+        backup_dir = Path(backup_dir) / role["task"].replace(":", "-")
+    backup = Backup(backup_dir)
+    if backup.resumed_at:
+        log.info("resuming training after epoch %d from the backup in %s", backup.resumed_at, backup_dir)
+    return backup
+
+
+def _log_devices(strategy: str, distribution, role: dict) -> None:
+    # TensorFlow's own device lines are kept off the console (pipeline/console.py): say it here.
+    gpus = tf.config.list_logical_devices("GPU")
+    log.info("training on %s, strategy %s with %d replica(s)%s", ", ".join(d.name for d in gpus) if gpus
+             else "the CPU (no GPU found)", strategy, distribution.num_replicas_in_sync,
+             f", as {role['task']} of {role['workers']} workers" if role["task"] else "")

@@ -28,7 +28,7 @@ def resolve_model(model: str | None, model_base: Path) -> Path:
 
 def predict_files(paths: list[Path], saved_model: Path, as_json: bool = False) -> int:
     """Print one line per image; bad files get an error line and the rest go on. Returns the failure count."""
-    from components.evaluate import predict_saved_model
+    from components.client import predict_saved_model
 
     files = image_files(paths)
     digits, good, failures = [], [], 0

@@ -35,8 +35,8 @@ def _tf_config(ports: list[int], index: int) -> str:
 
 
 def test_two_workers_train_one_model_and_the_chief_pushes_it(tmp_path, full_run, tfds_dir):
-    from components.evaluate import predict_saved_model
-    from components.ingest import read_examples
+    from components.client import predict_saved_model
+    from components.records import read_examples
     from pipeline.store import ArtifactStore
 
     root, default_run, _ = full_run
@@ -125,3 +125,54 @@ def test_mirrored_on_one_device_trains_the_default_strategy_s_model(tmp_path, fu
     assert mirrored["final_metrics"] == pytest.approx(default["final_metrics"], rel=1e-4)
     weights = [keras.models.load_model(tmp_path / name / "model.keras").get_weights() for name in ("default", "mirrored")]
     assert all(np.allclose(d, m, atol=1e-5) for d, m in zip(*weights))
+
+
+def _tiny_fit_inputs(strategy_name: str):
+    import keras
+    import tensorflow as tf
+
+    from components import distribute
+
+    distribution = distribute.strategy(strategy_name)
+    with distribution.scope():
+        net = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+        net.compile(optimizer="sgd", loss="mse")
+    dataset = tf.data.Dataset.from_tensor_slices((np.ones((8, 2), np.float32), np.ones((8, 1), np.float32))).batch(4)
+    return net, dataset, distribution
+
+
+def test_the_keras_patch_holds_for_the_fit_inside_it_only():
+    from keras.src.backend.tensorflow import trainer
+
+    from components import distribute
+
+    keras_reduce = trainer.reduce_per_replica
+    net, dataset, distribution = _tiny_fit_inputs("mirrored")
+    with distribute.fit_patch(net, dataset, distribution):
+        assert trainer.reduce_per_replica is not keras_reduce and "_maybe_symbolic_build" in vars(net)
+        net.fit(dataset, epochs=1, verbose=0, shuffle=False)
+    assert trainer.reduce_per_replica is keras_reduce
+    assert "_maybe_symbolic_build" not in vars(net)  # Keras' own method again
+    with pytest.raises(ZeroDivisionError):
+        with distribute.fit_patch(net, dataset, distribution):
+            1 / 0  # a fit that fails
+    assert trainer.reduce_per_replica is keras_reduce and "_maybe_symbolic_build" not in vars(net)
+
+
+def test_the_keras_patch_refuses_another_keras_series_and_the_default_strategy_needs_none(monkeypatch):
+    import keras
+    from keras.src.backend.tensorflow import trainer
+
+    from components import distribute
+
+    keras_reduce = trainer.reduce_per_replica
+    monkeypatch.setattr(keras, "__version__", "3.16.0")
+    net, dataset, distribution = _tiny_fit_inputs("mirrored")
+    with pytest.raises(RuntimeError, match=r"keras-team/keras#20585.*Keras 3\.16\.0 is installed"):
+        with distribute.fit_patch(net, dataset, distribution):
+            pass
+    net, dataset, distribution = _tiny_fit_inputs("default")
+    with distribute.fit_patch(net, dataset, distribution):
+        assert trainer.reduce_per_replica is keras_reduce
+        net.fit(dataset, epochs=1, verbose=0, shuffle=False)
+    assert trainer.reduce_per_replica is keras_reduce

@@ -3,7 +3,7 @@ import json
 import numpy as np
 import tensorflow as tf
 
-from components.ingest import read_examples
+from components.records import read_examples
 
 
 def test_saved_model_serves_raw_uint8_with_the_evaluated_accuracy(full_run):

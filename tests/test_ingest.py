@@ -6,7 +6,8 @@ import pytest
 from PIL import Image
 
 from components.digits import load_image, to_mnist
-from components.ingest import MirrorError, ingest, read_examples
+from components.ingest import MirrorError, ingest
+from components.records import read_examples
 
 
 def test_ingest_writes_the_requested_slices(tmp_path, mirror, tfds_dir):

@@ -16,8 +16,10 @@ from conftest import REPO
 from components.presets import PRESETS
 from components.preprocess import preprocess
 from components.ingest import ingest
+from components.callbacks import StopAtThreshold, stop_callback
 from components.presets import resolve_settings
-from components.train import StopAtThreshold, batches, read_split, stop_callback, train
+from components.train import train
+from components.training_data import batches, read_split
 
 LAYERS = {  # the layer types each seed describes, in order (Input not counted)
     "seed-000": ["Conv2D", "MaxPooling2D", "Flatten", "Dense", "Dense"],
