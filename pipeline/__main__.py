@@ -126,13 +126,15 @@ def _runs(args) -> int:
 
 def _report(args) -> int:
     from pipeline import report
+    from pipeline.store import ArtifactStore
 
-    runs = sorted(p for p in (args.artifacts / "runs").glob("*") if (p / "run.json").is_file())
+    store = ArtifactStore(args.artifacts)
+    runs = store.runs()
     if not runs:
         raise FileNotFoundError(f"no runs in {args.artifacts}; run the pipeline first (python -m pipeline run)")
-    chosen = runs if args.run == "all" else [args.artifacts / "runs" / args.run] if args.run else runs[-1:]
-    for run_dir in chosen:
-        print(report.build_report(run_dir))
+    chosen = runs if args.run == "all" else [store.run(args.run)] if args.run else runs[-1:]
+    for run in chosen:
+        print(report.build_report(run.path))
     print(report.build_index(args.artifacts, _model_base(args)))
     return 0
 
@@ -144,7 +146,7 @@ def _show(args) -> int:
     if target[:1] in "vV" and target[1:].isdigit():
         shown = lineage.show_version(args.artifacts, _model_base(args), int(target[1:]))
     else:
-        shown = lineage.show_run(Path(args.artifacts) / "runs" / target)
+        shown = lineage.show_run(args.artifacts, target)
     if args.json:
         print(json.dumps(shown, indent=2))
     elif "lineage" in shown:

@@ -1,49 +1,31 @@
-"""The cache: an earlier whole output with the same fingerprint stands in for running again.
+"""The cache: what identifies a step's output, and whether an earlier one stands in for it.
 
-Nothing is copied: a hit is the earlier run's directory, which the new run's record and
-the manifests downstream point at (so lineage shows where each artifact came from).
-The only index is the store itself, read newest first; a manifest that cannot be read
-is named in a warning and treated as missing, and an output deleted by hand is simply
-not found, so either is recomputed.
+A step's fingerprint hashes its code (and every project module it imports), its key, the
+package versions and its inputs' *content* digests, not their fingerprints: a step that
+executes again and makes the same content (a comment edited in its module, a deleted
+output recomputed) leaves every step after it cached, as a build system's early cutoff
+does. A hit is an earlier run's directory, reused in place (nothing is copied), found by
+the store; a damaged or unreadable one is named in a warning and recomputed.
 """
 from __future__ import annotations
 
-import json
 import logging
-from pathlib import Path
 
-from pipeline.store import MANIFEST, Artifact, ArtifactStore, damage
+from pipeline.fingerprint import code_digest, fingerprint, package_versions
+from pipeline.graph import Step, Upstream
+from pipeline.store import ArtifactStore
 
 log = logging.getLogger("pipeline")
 
 
-def read_manifest(path: Path) -> dict | None:
-    """An output's manifest, or None (with a warning) when it is there but unreadable."""
-    try:
-        manifest = json.loads(Path(path).read_text())
-        if not isinstance(manifest, dict) or "fingerprint" not in manifest:
-            raise ValueError("no fingerprint in it")
-        return manifest
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as err:
-        log.warning("ignoring unreadable manifest %s (%s); its output will be recomputed", path, err)
-        return None
+def step_fingerprint(step: Step, key: dict, upstream: dict[str, Upstream]) -> str:
+    return fingerprint(code_digest(step.module), key, {arg: u.content for arg, u in upstream.items()},
+                       package_versions())
 
 
-def find(store: ArtifactStore, component: str, fingerprint: str) -> Artifact | None:
-    """The newest successful output of `component` with this fingerprint, from any run."""
-    if not store.runs.is_dir():
-        return None
-    for run_dir in sorted(store.runs.iterdir(), reverse=True):
-        path = run_dir / component
-        if not (path / MANIFEST).is_file():
-            continue
-        manifest = read_manifest(path / MANIFEST)
-        if manifest and manifest["fingerprint"] == fingerprint and manifest.get("status") == "succeeded":
-            problem = damage(path, manifest)  # sizes only: cheap enough for every hit
-            if problem:
-                log.warning("not reusing the %s output of run %s: %s; it is recomputed", component, run_dir.name, problem)
-                continue
-            return Artifact(component, run_dir.name, path)
-    return None
+def note_same_content(store: ArtifactStore, step: Step, content: str, run_id: str) -> None:
+    """Says so when a step that executed made what an earlier run already had: what
+    follows it is keyed on that content, so it is reused."""
+    earlier = store.same_content(step.name, content, besides=run_id)
+    if earlier:
+        log.info("%s executed: same content as run %s; downstream unaffected", step.name, earlier)

@@ -13,6 +13,7 @@ import hashlib
 import importlib.util
 import json
 import platform
+import struct
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
@@ -89,6 +90,32 @@ def file_digest(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def files_digest(files: dict[str, dict]) -> str:
+    """An output's content from its manifest's file records (relative path -> size, sha256)."""
+    digest = hashlib.sha256()
+    for name in sorted(files):
+        digest.update(name.encode() + b"\0" + files[name]["sha256"].encode() + b"\0")
+    return digest.hexdigest()
+
+
+def records_digest(paths: list[Path]) -> str:
+    """The records of TFRecord files as a set: the same records in another layout (files,
+    order) digest the same. Reads the TFRecord framing itself (length, CRC, data, CRC), so
+    the decision needs no TensorFlow."""
+    hashes = []
+    for path in paths:
+        with open(path, "rb") as f:
+            while header := f.read(12):
+                if len(header) < 12:
+                    raise ValueError(f"{path} ends inside a record header: truncated")
+                (length,) = struct.unpack("<Q", header[:8])
+                data = f.read(length)
+                if len(data) < length or len(f.read(4)) < 4:
+                    raise ValueError(f"{path} ends inside a record: truncated")
+                hashes.append(hashlib.sha256(data).digest())
+    return hashlib.sha256(b"".join(sorted(hashes))).hexdigest()
 
 
 def tree_digest(folder: Path, skip: tuple[str, ...] = ()) -> str | None:

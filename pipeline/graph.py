@@ -1,21 +1,28 @@
-"""The step graph: each component, the artifacts it takes and makes, and what identifies its output.
+"""The step graph: each step declared once, as a TFX component spec or a Kedro node is.
 
-`params` are the entry point's arguments besides its artifacts; `key` is what of them (and
-of the world) the output depends on, hashed into the fingerprint with the code and the
-inputs' fingerprints. They differ where an argument says *where* something is and the key
-must say *what* it is: the served baseline's files, not its path; the source files'
+A `Step` says what the runner, lineage, the nightly and the report need to know of it:
+its inputs and output (the entry point's artifact arguments), `configure` (its other
+arguments, `params`, and what identifies its output, `key`, derived together so that every
+lookup happens once), `content` (what its output holds, digested as it is written, so that
+a step that executes again and makes the same content leaves everything after it cached),
+`summary` (the few results `runs`, `show`, the nightly and the report display), the files
+people open in its output, whether it resumes from a backup, and any set-up it needs
+before TensorFlow starts.
+
+`params` and `key` differ where an argument says *where* something is and the key must
+say *what* it is: the served baseline's files, not its path; the source files'
 checksums, not the mirror's folder.
 """
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from pipeline.config import Config
-from pipeline.fingerprint import file_digest, served_digest, source_content, tree_digest
-from pipeline.store import MANIFEST, ArtifactStore, read_json
+from pipeline.fingerprint import files_digest, records_digest, served_digest, source_content, tree_digest
+from pipeline.store import ArtifactStore
 
 log = logging.getLogger("pipeline")
 
@@ -23,26 +30,35 @@ log = logging.getLogger("pipeline")
 @dataclass(frozen=True)
 class Upstream:
     path: Path
-    fingerprint: str
+    fingerprint: str  # what made it: code, key, inputs
+    content: str  # what it holds: downstream keys use this
 
 
 @dataclass(frozen=True)
 class RunContext:
     run_id: str
-    artifacts: Path
+    store: ArtifactStore
     model_base: Path  # <serving root>/<model name>
 
 
-Params = Callable[[Config, RunContext, dict], dict]
+Configure = Callable[[Config, RunContext, dict], tuple[dict, dict]]  # -> (params, key)
+
+
+def _all_files(output: Path, files: dict) -> str:
+    return files_digest(files)
 
 
 @dataclass(frozen=True)
 class Step:
     name: str  # also its directory in a run, and its module in components/
     output: str  # the entry point's argument naming the output artifact
-    inputs: dict[str, str]  # entry-point argument -> upstream component
-    params: Params  # (config, context, upstream artifacts by argument) -> the rest of the arguments
-    key: Params | None = None  # what identifies the output; None: the params themselves
+    inputs: dict[str, str]  # entry-point argument -> upstream step
+    configure: Configure
+    summary: Callable[[dict], dict]  # a manifest's result -> what `show`, the nightly and the report display
+    content: Callable[[Path, dict], str] = _all_files  # (output, its file records) -> content digest
+    files: dict[str, str] = field(default_factory=dict)  # what people open in the output, by what it is
+    resumes: bool = False  # backs up its progress in the store's backup folder for its fingerprint
+    prepare: Callable[[Config, list[str]], bool] | None = None  # before TensorFlow; True: never from the cache
     gate: Callable[[Path, dict], None] | None = None  # (output, result) -> raises to stop the run
 
     @property
@@ -50,48 +66,66 @@ class Step:
         return f"components.{self.name}"
 
 
-def baseline_version(model_base: Path, model_fingerprint: str) -> Path | None:
-    """The served version folder a candidate must beat (`serving.baseline_version`), or None."""
-    from components import serving
-
-    version = serving.baseline_version(model_base, model_fingerprint)
-    return None if version is None else Path(model_base) / str(version)
+def _same(params: dict) -> tuple[dict, dict]:
+    return params, params
 
 
-def _ingest_key(cfg: Config, ctx: RunContext, upstream: dict) -> dict:
+# --- ingest -----------------------------------------------------------------------------
+
+def _ingest(cfg: Config, ctx: RunContext, upstream: dict) -> tuple[dict, dict]:
     # Where TFDS reads and caches and where the extra images lie are not what they hold.
     settings = cfg.ingest.model_dump(exclude={"manual_dir", "data_dir", "extra_dir"})
     extra = tree_digest(Path(cfg.ingest.extra_dir)) if cfg.ingest.extra_dir else None
-    return {**settings, "source": source_content(cfg.ingest.dataset, cfg.ingest.manual_dir), "extra_images": extra}
+    key = {**settings, "source": source_content(cfg.ingest.dataset, cfg.ingest.manual_dir), "extra_images": extra}
+    return cfg.ingest.model_dump(), key
 
+
+def _tfrecords(output: Path, files: dict) -> str:
+    # The records downstream reads, in TFDS's fixed order; ingest.json holds local paths.
+    return files_digest({name: f for name, f in files.items() if name.endswith(".tfrecord")})
+
+
+def _ingest_summary(result: dict) -> dict:
+    return {name: {"tfds_split": s.get("tfds_split"), "count": s.get("count")}
+            for name, s in result.get("splits", {}).items()}
+
+
+# --- preprocess --------------------------------------------------------------------------
+
+def _preprocess_content(output: Path, files: dict) -> str:
+    # Beam lays records out in files as its bundles go: the same records, another layout.
+    return records_digest(sorted(Path(output).glob("*.tfrecord")))
+
+
+def _preprocess_summary(result: dict) -> dict:
+    return {name: s.get("count") for name, s in result.items() if isinstance(s, dict) and "count" in s}
+
+
+# --- validate ----------------------------------------------------------------------------
 
 class DataAnomalies(RuntimeError):
     """Validation found error-level anomalies: the run stops before training."""
 
 
-def accepted_statistics(artifacts: Path, current: Path) -> Path | None:
+def accepted_statistics(store: ArtifactStore, current: Upstream) -> tuple[Path, str] | None:
     """The reference for drift: the statistics of the newest data that passed validation,
-    other than the data at hand (`current`'s statistics). Data compared with itself would
-    give a key that changes on the first re-run, and no drift to find."""
-    runs = ArtifactStore(artifacts).runs
-    own = file_digest(Path(current) / "statistics.json")
-    for run_dir in sorted(runs.iterdir(), reverse=True) if runs.is_dir() else ():
-        manifest = read_json(run_dir / "validate" / MANIFEST)
-        if manifest and read_json(run_dir / "validate" / "anomalies.json").get("passed"):
-            statistics = Path(manifest["inputs"]["transformed"]) / "statistics.json"
-            if statistics.is_file() and file_digest(statistics) != own:
-                return statistics
+    other than the data at hand, with that data's content digest. Data compared with itself
+    would give a key that changes on the first re-run, and no drift to find."""
+    for run in reversed(store.runs()):
+        manifest = store.manifest(run.path / "validate")
+        if manifest and (manifest.get("result") or {}).get("passed"):
+            data = Path(manifest["inputs"]["transformed"])
+            content = (manifest.get("input_digests") or {}).get("transformed")
+            if content and content != current.content and (data / "statistics.json").is_file():
+                return data / "statistics.json", content
     return None
 
 
-def _validate_params(cfg: Config, ctx: RunContext, upstream: dict) -> dict:
-    reference = accepted_statistics(ctx.artifacts, upstream["transformed"].path)
-    return {**cfg.validation.model_dump(), "reference": str(reference) if reference else None}
-
-
-def _validate_key(cfg: Config, ctx: RunContext, upstream: dict) -> dict:
-    reference = accepted_statistics(ctx.artifacts, upstream["transformed"].path)
-    return {**cfg.validation.model_dump(), "reference": file_digest(reference) if reference else None}
+def _validate(cfg: Config, ctx: RunContext, upstream: dict) -> tuple[dict, dict]:
+    reference = accepted_statistics(ctx.store, upstream["transformed"])
+    settings = cfg.validation.model_dump()
+    return ({**settings, "reference": str(reference[0]) if reference else None},
+            {**settings, "reference": reference[1] if reference else None})
 
 
 def _stop_on_anomalies(output: Path, anomalies: dict) -> None:
@@ -109,39 +143,82 @@ def _stop_on_anomalies(output: Path, anomalies: dict) -> None:
                             f"every check is in {output / 'anomalies.json'}")
 
 
-def _evaluate_params(cfg: Config, ctx: RunContext, upstream: dict) -> dict:
+# --- train -------------------------------------------------------------------------------
+
+def _join_training_cluster(cfg: Config, names: list[str]) -> bool:
+    """Joins this process to the multi-worker training TF_CONFIG describes, before any step
+    runs (TensorFlow can join a cluster only before its first operation). Every worker
+    trains, and never from the cache (the others wait for it); only the chief goes on."""
+    if cfg.train.strategy != "multi_worker":
+        return False
+    from components import distribute
+
+    cluster, task = distribute.cluster_task()
+    after = [n for n in names if n in downstream(["train"]) - {"train"}]
+    if after and not distribute.is_chief(cluster, task):
+        raise ValueError(f"this process is {task['type']} {task['index']} of a multi-worker training, and only the "
+                         f"chief runs {', '.join(after)}; run the train component alone here: {distribute.RUN_WORKER}")
+    distribute.strategy("multi_worker")
+    return True
+
+
+# --- evaluate and export -----------------------------------------------------------------
+
+def baseline_version(model_base: Path, model_fingerprint: str) -> Path | None:
+    """The served version folder a candidate must beat (`serving.baseline_version`), or None."""
+    from components import serving
+
+    version = serving.baseline_version(model_base, model_fingerprint)
+    return None if version is None else Path(model_base) / str(version)
+
+
+def _evaluate(cfg: Config, ctx: RunContext, upstream: dict) -> tuple[dict, dict]:
     baseline = baseline_version(ctx.model_base, upstream["model"].fingerprint)
-    return {**cfg.evaluate.model_dump(), "baseline": str(baseline) if baseline else None}
+    settings = cfg.evaluate.model_dump()
+    return {**settings, "baseline": str(baseline) if baseline else None}, {**settings, "baseline": served_digest(baseline)}
 
 
-def _evaluate_key(cfg: Config, ctx: RunContext, upstream: dict) -> dict:
-    baseline = baseline_version(ctx.model_base, upstream["model"].fingerprint)
-    return {**cfg.evaluate.model_dump(), "baseline": served_digest(baseline)}
+def _evaluate_summary(result: dict) -> dict:
+    return {"accuracy": (result.get("candidate") or {}).get("accuracy"), "blessed": result.get("blessed"),
+            "reasons": result.get("reasons")}
 
 
-def _export_params(cfg: Config, ctx: RunContext, upstream: dict) -> dict:
-    return {
+def _export(cfg: Config, ctx: RunContext, upstream: dict) -> tuple[dict, dict]:
+    params = {
         "serving_root": str(ctx.model_base.parent),
         "model_name": cfg.export.model_name,
         "verify_examples": cfg.export.verify_examples,
         "push_record": {"run": ctx.run_id, "model_fingerprint": upstream["model"].fingerprint},
     }
+    # The configured destination, not its resolved path (which moves with the artifacts
+    # root), and not the pushing run's id.
+    return params, cfg.export.model_dump()
+
+
+def _picked(*names: str) -> Callable[[dict], dict]:
+    return lambda result: {k: result.get(k) for k in names if k in result}
 
 
 STEPS: dict[str, Step] = {
     step.name: step
     for step in (
-        Step("ingest", "examples", {}, lambda cfg, ctx, up: cfg.ingest.model_dump(), key=_ingest_key),
-        Step("preprocess", "transformed", {"examples": "ingest"}, lambda cfg, ctx, up: cfg.preprocess.model_dump()),
-        Step("validate", "validation", {"transformed": "preprocess"}, _validate_params, key=_validate_key,
-             gate=_stop_on_anomalies),
+        Step("ingest", "examples", {}, _ingest, _ingest_summary, content=_tfrecords),
+        Step("preprocess", "transformed", {"examples": "ingest"}, lambda cfg, ctx, up: _same(cfg.preprocess.model_dump()),
+             _preprocess_summary, content=_preprocess_content, files={"statistics": "statistics.json"}),
+        Step("validate", "validation", {"transformed": "preprocess"}, _validate,
+             _picked("passed", "errors", "warnings"), gate=_stop_on_anomalies),
         Step("train", "model", {"transformed": "preprocess"},
-             lambda cfg, ctx, up: {**cfg.train.model_dump(), "seed": cfg.seed}),
-        Step("evaluate", "evaluation", {"model": "train", "examples": "ingest"}, _evaluate_params, key=_evaluate_key),
-        Step("export", "exported", {"model": "train", "evaluation": "evaluate", "examples": "ingest"},
-             # The configured destination, not its resolved path (which moves with the artifacts
-             # root), and not the pushing run's id.
-             _export_params, key=lambda cfg, ctx, up: cfg.export.model_dump()),
+             lambda cfg, ctx, up: _same({**cfg.train.model_dump(), "seed": cfg.seed}),
+             _picked("epochs_run", "stop_reason", "train_seconds"), files={"history": "history.json"},
+             resumes=True, prepare=_join_training_cluster),
+        Step("evaluate", "evaluation", {"model": "train", "examples": "ingest"}, _evaluate, _evaluate_summary,
+             files={"metrics": "metrics.json", "classification_report": "classification_report.json",
+                    "worst_misclassified": "worst_misclassified.json",
+                    "confusion_matrix.png": "confusion_matrix.png",
+                    "confusion_matrix_errors.png": "confusion_matrix_errors.png",
+                    "worst_misclassified.png": "worst_misclassified.png"}),
+        Step("export", "exported", {"model": "train", "evaluation": "evaluate", "examples": "ingest"}, _export,
+             _picked("pushed", "version", "not_pushed_because", "already_served")),
     )
 }
 

@@ -19,8 +19,8 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from pipeline.config import Config
-from pipeline.lineage import artifact
-from pipeline.store import RUN_RECORD, now, read_json, run_status, write_json_atomic
+from pipeline.lineage import result
+from pipeline.store import ArtifactStore, Run, now, write_json_atomic
 
 log = logging.getLogger("pipeline")
 EX_TEMPFAIL = 75
@@ -44,16 +44,18 @@ def nightly(cfg: Config, artifacts: Path) -> tuple[int, dict]:
         if interrupted:
             log.info("nightly: run %s was interrupted; its finished work is reused", interrupted)
         error, run_dir = None, None
+        store = ArtifactStore(artifacts)
         try:
             run_dir = run(cfg, artifacts)
         except Exception as err:  # the summary still gets written; the exit status says it broke
             error = error_line(err)
             log.error("nightly: the run failed: %s", error)
-            run_dir = _newest_run(artifacts)
+            run_dir = store.runs()[-1].path if store.runs() else None
         found = retention.plan(artifacts, model_base(cfg, artifacts), cfg.retention.keep_runs,
                                cfg.retention.keep_versions, active={run_dir.name} if run_dir else set())
         retention.apply(found)
-        summary = summarize(run_dir, error, interrupted, round(time.perf_counter() - started, 1), len(found.paths()))
+        summary = summarize(store.run(run_dir.name) if run_dir else None, error, interrupted,
+                            round(time.perf_counter() - started, 1), len(found.paths()))
         line = one_line(summary)
         if run_dir:
             write_json_atomic(run_dir / SUMMARY, summary)
@@ -79,29 +81,17 @@ def exclusive(artifacts: Path):
         lock.release()
 
 
-def _newest_run(artifacts: Path) -> Path | None:
-    runs = Path(artifacts) / "runs"
-    found = sorted(p for p in runs.iterdir() if (p / RUN_RECORD).is_file()) if runs.is_dir() else []
-    return found[-1] if found else None
-
-
 def _interrupted_run(artifacts: Path) -> str | None:
     """The newest run, if its process died before it finished."""
-    newest = _newest_run(artifacts)
-    return newest.name if newest and run_status(read_json(newest / RUN_RECORD)) == "crashed" else None
+    runs = ArtifactStore(artifacts).runs()
+    return runs[-1].id if runs and runs[-1].status == "crashed" else None
 
 
-def summarize(run_dir: Path | None, error: str | None, interrupted: str | None, duration_s: float,
+def summarize(run: Run | None, error: str | None, interrupted: str | None, duration_s: float,
               deleted: int) -> dict:
-    record = read_json(run_dir / RUN_RECORD) if run_dir else {}
-    components = record.get("components", {})
-
-    def output(component: str, name: str) -> dict:
-        path = artifact(run_dir, component, record) if run_dir else None
-        return read_json(path / name) if path else {}
-
-    ingest, training = output("ingest", "ingest.json"), output("train", "training.json")
-    blessing, export = output("evaluate", "blessing.json"), output("export", "export.json")
+    components = run.record.get("components", {}) if run else {}
+    ingest, training, blessing, export = (result(run, name) if run else {}
+                                          for name in ("ingest", "train", "evaluate", "export"))
     extra = ingest.get("extra", {})
     splits = ingest.get("splits", {})
     trained_now = components.get("train", {}).get("status") == "succeeded"
@@ -118,7 +108,7 @@ def summarize(run_dir: Path | None, error: str | None, interrupted: str | None, 
     else:
         pushed = f"not pushed: version {export.get('already_served')} already serves this model"
     return {
-        "run_id": run_dir.name if run_dir else None,
+        "run_id": run.id if run else None,
         "status": "failed" if error else "succeeded",
         "error": error,
         "components": {name: c.get("status") for name, c in components.items()},

@@ -20,17 +20,14 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from pipeline import lineage
-from pipeline.store import RUN_RECORD, read_json, write_atomic
+from pipeline.graph import STEPS
+from pipeline.store import ArtifactStore, Run, read_json, write_atomic
 
 log = logging.getLogger("pipeline")
 # Always on: select_autoescape() decides by the last extension, `.j2`, which turned it off.
 # Settings, paths, error text and file names in a report come from outside.
 TEMPLATES = jinja2.Environment(loader=jinja2.PackageLoader("pipeline", "templates"), autoescape=True)
-EVALUATE_PICTURES = ("confusion_matrix.png", "confusion_matrix_errors.png", "worst_misclassified.png")
-
-
-def _json(path: Path | None, default=None):
-    return read_json(path) if path and path.suffix == ".json" and path.is_file() else default
+EVALUATE_PICTURES = ("confusion_matrix.png", "confusion_matrix_errors.png", "worst_misclassified.png")  # as declared
 
 
 def _png(fig: Figure) -> bytes:
@@ -81,46 +78,47 @@ def pixel_histograms(statistics: dict) -> bytes:
     return _png(fig)
 
 
-def _artifact(run_dir: Path, record: dict, component: str) -> Path | None:
-    return lineage.artifact(run_dir, component, record)
+def _file(run: Run, component: str, what: str) -> Path | None:
+    """A file people open in a step's output, by what its declaration calls it."""
+    path = lineage.artifact(run, component)
+    name = STEPS[component].files[what]
+    return path / name if path and (path / name).is_file() else None
+
+
+def _opened(run: Run, component: str, what: str):
+    path = _file(run, component, what)
+    return read_json(path) if path else None
 
 
 def build_report(run_dir: Path) -> Path:
     """Writes `<run>/report.html` and `<run>/report/*.png` from what the run has; returns the html path."""
     run_dir = Path(run_dir)
-    record = read_json(run_dir / RUN_RECORD)
-    if not record:
-        raise FileNotFoundError(f"no run in {run_dir}; `python -m pipeline runs` lists them")
-    found = {name: _artifact(run_dir, record, name) for name in lineage.STEPS}
-    statistics = _json(found["preprocess"] and found["preprocess"] / "statistics.json", {})
-    history = _json(found["train"] and found["train"] / "history.json", {})
+    store = ArtifactStore(run_dir.parent.parent)
+    run = store.run(run_dir.name)
+    statistics, anomalies, training, blessing, export = (
+        lineage.result(run, name) for name in ("preprocess", "validate", "train", "evaluate", "export"))
+    history = _opened(run, "train", "history") or {}
     pictures: dict[str, bytes] = {}
     if statistics:
         pictures["class_distribution.png"] = class_histograms(statistics)
         pictures["pixel_distribution.png"] = pixel_histograms(statistics)
     if history:
         pictures["training_curves.png"] = training_curves(history)
-    evaluation = found["evaluate"]
     for name in EVALUATE_PICTURES:
-        if evaluation and (evaluation / name).is_file():
-            pictures[name] = (evaluation / name).read_bytes()
+        if _file(run, "evaluate", name):
+            pictures[name] = _file(run, "evaluate", name).read_bytes()
 
-    shown = lineage.show_run(run_dir)
+    shown = lineage.show_run(store.root, run.id)
     for name, component in shown["components"].items():
         reused_from = component["from_run"]
-        component["report"] = (f"../{reused_from}/report.html"
-                               if reused_from and reused_from != run_dir.name else None)
+        component["report"] = f"../{reused_from}/report.html" if reused_from and reused_from != run.id else None
+    worst = _file(run, "evaluate", "worst_misclassified")
     html = TEMPLATES.get_template("report.html.j2").render(
-        run=shown, record=record, statistics=statistics,
-        anomalies=_json(found["validate"] and found["validate"] / "anomalies.json"),
-        training=_json(found["train"] and found["train"] / "training.json"),
-        metrics=_json(evaluation and evaluation / "metrics.json"),
-        classification=_json(evaluation and evaluation / "classification_report.json"),
-        worst=json.loads((evaluation / "worst_misclassified.json").read_text())
-        if evaluation and (evaluation / "worst_misclassified.json").is_file() else None,
-        blessing=_json(evaluation and evaluation / "blessing.json"),
-        export=lineage._key_results("export", (_json(found["export"] and found["export"] / "manifest.json", {})
-                                               ).get("result") or {}),
+        run=shown, record=run.record, statistics=statistics, anomalies=anomalies or None,
+        training=training or None, metrics=_opened(run, "evaluate", "metrics"),
+        classification=_opened(run, "evaluate", "classification_report"),
+        worst=json.loads(worst.read_text()) if worst else None,  # a list, not a record
+        blessing=blessing or None, export=STEPS["export"].summary(export),
         images={name: "data:image/png;base64," + base64.b64encode(data).decode() for name, data in pictures.items()},
     )
     folder = run_dir / "report"
@@ -134,13 +132,14 @@ def build_index(artifacts: Path, model_base: Path) -> Path:
     """Writes `<artifacts>/index.html`: every run and every served version, linked to their reports."""
     from components import serving  # no TensorFlow: reads push records and folder names
 
+    store = ArtifactStore(artifacts)
+    reports = {run.id: f"runs/{run.id}/report.html" for run in store.runs() if (run.path / "report.html").is_file()}
     runs = list(reversed(lineage.runs(artifacts)))
     for row in runs:
-        row["report"] = f"runs/{row['run']}/report.html" if (Path(artifacts) / "runs" / row["run"] / "report.html").is_file() else None
+        row["report"] = reports.get(row["run"])
     versions = list(reversed(serving.listing(model_base))) if Path(model_base).is_dir() else []
     for version in versions:
-        run = version.get("run")
-        version["report"] = f"runs/{run}/report.html" if run and (Path(artifacts) / "runs" / run / "report.html").is_file() else None
+        version["report"] = reports.get(version.get("run"))
     html = TEMPLATES.get_template("index.html.j2").render(runs=runs, versions=versions, model_base=str(model_base))
     return write_atomic(Path(artifacts) / "index.html", html.encode())
 

@@ -26,7 +26,8 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from pipeline.store import MANIFEST, RUN_RECORD, read_json, run_id_of, run_status
+from pipeline.graph import STEPS
+from pipeline.store import MANIFEST, RUN_RECORD, ArtifactStore, read_json, run_id_of
 
 log = logging.getLogger("pipeline")
 
@@ -70,9 +71,10 @@ def plan(artifacts: Path, model_base: Path, keep_runs: int, keep_versions: int,
     process is alive), never touched."""
     from components import serving
 
-    runs_dir = Path(artifacts) / "runs"
-    run_dirs = sorted(p for p in runs_dir.iterdir() if p.is_dir() and not p.name.startswith(".")) if runs_dir.is_dir() else []
-    active = set(active) | {p.name for p in run_dirs if run_status(read_json(p / RUN_RECORD)) == "running"}
+    store = ArtifactStore(artifacts)
+    runs_dir, runs = store.runs_dir, store.runs()
+    run_dirs = [run.path for run in runs]
+    active = set(active) | {run.id for run in runs if run.status == "running"}
     versions = serving.versions(model_base)
     current = versions[-1] if versions else None
     protected = {current, serving.read_push_record(model_base, current).get("replaces") if current else None}
@@ -100,7 +102,7 @@ def plan(artifacts: Path, model_base: Path, keep_runs: int, keep_versions: int,
     result.scratch += sorted(Path(artifacts).glob(".index.html.*"))  # a report writer killed mid-write
     if Path(model_base).is_dir() and _free(serving.push_lock(model_base)):  # no push under way
         result.scratch += sorted(Path(model_base).glob(".staging-*"))
-    result.scratch += _finished_backups(Path(artifacts), runs_dir)
+    result.scratch += _finished_backups(store)
     return result
 
 
@@ -115,13 +117,14 @@ def _free(lock_path: Path) -> bool:
         return False
 
 
-def _finished_backups(artifacts: Path, runs_dir: Path) -> list[Path]:
-    """Training backups (named by the training's fingerprint, locked while a training uses
-    them) whose training has succeeded since, with their locks, unless a live process holds one."""
-    backups = artifacts / "backups"
+def _finished_backups(store: ArtifactStore) -> list[Path]:
+    """Backups of resumable steps (named by the step's fingerprint, locked while it runs)
+    whose step has succeeded since, with their locks, unless a live process holds one."""
+    backups = store.backups_dir
     if not backups.is_dir():
         return []
-    trained = {read_json(m).get("fingerprint") for m in runs_dir.glob(f"*/train/{MANIFEST}")}
+    resumable = [name for name, step in STEPS.items() if step.resumes]
+    trained = {read_json(m).get("fingerprint") for name in resumable for m in store.runs_dir.glob(f"*/{name}/{MANIFEST}")}
     found = []
     for fp in sorted(trained & {p.name.removesuffix(".lock") for p in backups.iterdir()}):
         lock = backups / f"{fp}.lock"

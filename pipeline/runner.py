@@ -23,28 +23,22 @@ from filelock import FileLock, Timeout
 
 from pipeline import cache
 from pipeline.config import Config
-from pipeline.fingerprint import code_digest, fingerprint, package_versions
+from pipeline.fingerprint import package_versions
 from pipeline.graph import STEPS, RunContext, Step, Upstream, downstream
 from pipeline.store import MANIFEST, ArtifactStore, damage, file_records, now, read_json
 
 log = logging.getLogger("pipeline")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 LOGGERS = ("pipeline", "components")  # ours; library chatter stays out of run.log
-RESUMABLE = {"train": "backups"}  # steps that back up their progress, and where under the artifacts root
 
 
 class MissingInputError(RuntimeError):
     """A component's upstream artifact does not exist yet."""
 
 
-def serving_root(cfg: Config, artifacts: Path) -> Path:
-    """`export.serving_root`, a relative one under the artifacts root (not wherever the command runs)."""
-    return Path(artifacts) / (cfg.export.serving_root or "serving")
-
-
 def model_base(cfg: Config, artifacts: Path) -> Path:
     """Where this model's versions are served: `<serving root>/<model name>`."""
-    return serving_root(cfg, artifacts) / cfg.export.model_name
+    return ArtifactStore(artifacts).model_base(cfg.export.serving_root, cfg.export.model_name)
 
 
 def run(cfg: Config, artifacts: Path, components: list[str] | None = None, *,
@@ -60,16 +54,16 @@ def run(cfg: Config, artifacts: Path, components: list[str] | None = None, *,
     if unknown:
         raise ValueError(f"unknown component {unknown[0]!r}; choose one of {', '.join(STEPS)}")
     _check_inputs(store, names)
-    if cfg.train.strategy == "multi_worker" and "train" in names:
-        _join_training_cluster(names)
-        rerun = (*rerun, "train")  # never from the cache: the other workers are waiting for this one to train
+    for name in names:  # set-up before TensorFlow starts (the multi-worker join)
+        if STEPS[name].prepare and STEPS[name].prepare(cfg, names):
+            rerun = (*rerun, name)
     forced = set(components or ()) | downstream(rerun)
 
     me = psutil.Process()
     run_dir = store.new_run({"components_requested": names, "config": cfg.model_dump(),
                              "pid": me.pid, "process_started": me.create_time(), "status": "running"})
     handler = _log_to(run_dir / "run.log")
-    ctx = RunContext(run_dir.name, Path(artifacts), model_base(cfg, artifacts))
+    ctx = RunContext(run_dir.name, store, model_base(cfg, artifacts))
     log.info("run %s started in %s", run_dir.name, run_dir)
     produced: dict[str, Upstream] = {}
     try:
@@ -114,22 +108,6 @@ def _temp_dir_in(run_dir: Path):
         shutil.rmtree(temp, ignore_errors=True)
 
 
-def _join_training_cluster(names: list[str]) -> None:
-    """Joins this process to the multi-worker training TF_CONFIG describes.
-
-    Every worker trains; only the chief goes on to evaluate and push. The strategy is made
-    before any step runs, since TensorFlow can join a cluster only before its first operation.
-    """
-    from components import distribute
-
-    cluster, task = distribute.cluster_task()
-    after = [n for n in names if n in downstream(["train"]) - {"train"}]
-    if after and not distribute.is_chief(cluster, task):
-        raise ValueError(f"this process is {task['type']} {task['index']} of a multi-worker training, and only the "
-                         f"chief runs {', '.join(after)}; run the train component alone here: {distribute.RUN_WORKER}")
-    distribute.strategy("multi_worker")
-
-
 def _check_inputs(store: ArtifactStore, names: list[str]) -> None:
     missing: list[str] = []
 
@@ -145,7 +123,7 @@ def _check_inputs(store: ArtifactStore, names: list[str]) -> None:
         order = [n for n in STEPS if n in missing]
         first = " && ".join(f"python -m pipeline run {n}" for n in order)
         raise MissingInputError(
-            f"{names[0]} needs the output of {', '.join(order)}, and {store.runs} has none; "
+            f"{names[0]} needs the output of {', '.join(order)}, and {store.runs_dir} has none; "
             f"run it first ({first}) or run the whole pipeline (python -m pipeline run)"
         )
 
@@ -156,7 +134,12 @@ class DamagedInputError(RuntimeError):
 
 def _upstream(store: ArtifactStore, component: str) -> Upstream:
     latest = store.latest(component)
-    return Upstream(latest.path, latest.manifest["fingerprint"])
+    return _output(latest.path, latest.manifest)
+
+
+def _output(path: Path, manifest: dict) -> Upstream:
+    # Manifests written before content digests stand for their fingerprint.
+    return Upstream(path, manifest["fingerprint"], manifest.get("content") or manifest["fingerprint"])
 
 
 def _check_input(component: str, upstream: Upstream, *, full: bool = False) -> None:
@@ -167,13 +150,13 @@ def _check_input(component: str, upstream: Upstream, *, full: bool = False) -> N
 
 
 @contextlib.contextmanager
-def _backup_for(step: Step, ctx: RunContext, fp: str):
+def _backup_for(step: Step, store: ArtifactStore, fp: str):
     """The step's backup folder, owned by this process while the step runs (an OS lock beside
     it): a second live training of the same model trains without one rather than share it."""
-    if step.name not in RESUMABLE:
+    if not step.resumes:
         yield {}
         return
-    folder = Path(ctx.artifacts) / RESUMABLE[step.name] / fp
+    folder = store.backup_dir(fp)
     folder.parent.mkdir(parents=True, exist_ok=True)
     lock = FileLock(folder.with_name(f"{fp}.lock"))
     try:
@@ -192,18 +175,17 @@ def _backup_for(step: Step, ctx: RunContext, fp: str):
 def _run_step(store: ArtifactStore, run_dir: Path, step: Step, cfg: Config, ctx: RunContext,
               produced: dict[str, Upstream], *, use_cache: bool) -> Upstream:
     upstream = {arg: produced[up] if up in produced else _upstream(store, up) for arg, up in step.inputs.items()}
-    params = step.params(cfg, ctx, upstream)
-    key = step.key(cfg, ctx, upstream) if step.key else params
-    input_fingerprints = {arg: u.fingerprint for arg, u in upstream.items()}
-    fp = fingerprint(code_digest(step.module), key, input_fingerprints, package_versions())
+    params, key = step.configure(cfg, ctx, upstream)
+    fp = cache.step_fingerprint(step, key, upstream)
 
-    hit = cache.find(store, step.name, fp) if use_cache else None
+    hit = store.find(step.name, fp) if use_cache else None
     if hit:
         store.update_run(run_dir, step.name, status="cached", reused=str(hit.path), from_run=hit.run_id, fingerprint=fp)
         log.info("%s cached (from run %s)", step.name, hit.run_id)
+        manifest = hit.manifest
         if step.gate:
-            step.gate(hit.path, hit.manifest["result"])
-        return Upstream(hit.path, fp)
+            step.gate(hit.path, manifest["result"])
+        return _output(hit.path, manifest)
 
     store.update_run(run_dir, step.name, status="running", started_at=now(), fingerprint=fp,
                      inputs={arg: str(u.path) for arg, u in upstream.items()})  # what retention must keep
@@ -212,7 +194,7 @@ def _run_step(store: ArtifactStore, run_dir: Path, step: Step, cfg: Config, ctx:
     try:
         for arg, up in upstream.items():  # cheaply, by size: a truncated file would fail deep inside TensorFlow
             _check_input(step.inputs[arg], up)
-        with store.staging(run_dir, step.name) as scratch, _backup_for(step, ctx, fp) as extra:
+        with store.staging(run_dir, step.name) as scratch, _backup_for(step, store, fp) as extra:
             entry_point = getattr(importlib.import_module(step.module), step.name)
             result = entry_point(**{arg: u.path for arg, u in upstream.items()}, **{step.output: scratch},
                                  **params, **extra)
@@ -224,7 +206,8 @@ def _run_step(store: ArtifactStore, run_dir: Path, step: Step, cfg: Config, ctx:
                 "parameters": params,
                 "key": key,
                 "inputs": {arg: str(u.path) for arg, u in upstream.items()},
-                "input_fingerprints": input_fingerprints,
+                "input_fingerprints": {arg: u.fingerprint for arg, u in upstream.items()},
+                "input_digests": {arg: u.content for arg, u in upstream.items()},  # what the fingerprint hashed
                 "fingerprint": fp,
                 "started_at": started_at,
                 "finished_at": now(),
@@ -233,6 +216,7 @@ def _run_step(store: ArtifactStore, run_dir: Path, step: Step, cfg: Config, ctx:
                 "versions": package_versions(),
                 "files": file_records(scratch),  # checked before the output is reused
             }
+            manifest["content"] = step.content(scratch, manifest["files"])
             (scratch / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
     except BaseException as original:
         duration = round(time.perf_counter() - started, 2)
@@ -244,9 +228,10 @@ def _run_step(store: ArtifactStore, run_dir: Path, step: Step, cfg: Config, ctx:
         raise err from original
     store.update_run(run_dir, step.name, status="succeeded", duration_s=duration)
     log.info("%s succeeded in %.1fs", step.name, duration)
+    cache.note_same_content(store, step, manifest["content"], run_dir.name)
     if step.gate:
         step.gate(run_dir / step.name, result)
-    return Upstream(run_dir / step.name, fp)
+    return _output(run_dir / step.name, manifest)
 
 
 def _explained(err: BaseException, step: Step, upstream: dict[str, Upstream]) -> BaseException:

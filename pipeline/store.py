@@ -6,14 +6,17 @@
 
 An output is written under a dot-name in its run directory and renamed into place
 with its manifest inside, so a directory named after a component is always whole.
-Run ids sort by start time. The manifest's `fingerprint` (code, parameters, inputs)
-is what a cache will key on; `inputs` is the lineage.
+Run ids sort by start time. The manifest is the one record of a result: its
+`fingerprint` (code, key, inputs' content) is what the cache keys on, `content` what the
+output holds, `files` the size and checksum of each file, `inputs` the lineage and
+`result` what the component returned.
 """
 from __future__ import annotations
 
 import contextlib
 import errno
 import json
+import logging
 import os
 import secrets
 import shutil
@@ -27,6 +30,7 @@ import psutil
 
 from pipeline.fingerprint import file_digest
 
+log = logging.getLogger("pipeline")
 MANIFEST = "manifest.json"
 RUN_RECORD = "run.json"
 
@@ -126,15 +130,77 @@ class Artifact:
         return json.loads((self.path / MANIFEST).read_text())
 
 
+@dataclass(frozen=True)
+class Run:
+    """A run as its record says, whatever became of it: succeeded, failed, running, or
+    crashed (its process gone)."""
+    path: Path
+    record: dict
+
+    @property
+    def id(self) -> str:
+        return self.path.name
+
+    @property
+    def status(self) -> str:
+        return run_status(self.record)
+
+
+def read_manifest(path: Path) -> dict | None:
+    """An output's manifest, or None (with a warning) when it is there but unreadable."""
+    try:
+        manifest = json.loads(Path(path).read_text())
+        if not isinstance(manifest, dict) or "fingerprint" not in manifest:
+            raise ValueError("no fingerprint in it")
+        return manifest
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as err:
+        log.warning("ignoring unreadable manifest %s (%s); its output will be recomputed", path, err)
+        return None
+
+
 class ArtifactStore:
+    """The layout of an artifacts root, in one place:
+
+        runs/<run id>/run.json, runs/<run id>/<component>/manifest.json   the runs
+        backups/<fingerprint>/ (+ <fingerprint>.lock)                      resumable steps' backups
+        serving/<model name>/<version>/ (export.serving_root moves it)     the served versions
+    """
+
     def __init__(self, root: Path):
         self.root = Path(root)
-        self.runs = self.root / "runs"
+        self.runs_dir = self.root / "runs"
+        self.backups_dir = self.root / "backups"
+
+    def model_base(self, serving_root: str, model_name: str) -> Path:
+        """Where a model's versions are served: `<serving root>/<model name>`; a relative
+        serving root is under the artifacts root, not wherever the command runs."""
+        return self.root / (serving_root or "serving") / model_name
+
+    def backup_dir(self, fingerprint: str) -> Path:
+        return self.backups_dir / fingerprint
+
+    def runs(self) -> list[Run]:
+        """Every run with a record, oldest first (run ids sort by start time)."""
+        if not self.runs_dir.is_dir():
+            return []
+        return [Run(p, read_json(p / RUN_RECORD)) for p in sorted(self.runs_dir.iterdir())
+                if not p.name.startswith(".") and (p / RUN_RECORD).is_file()]
+
+    def run(self, run_id: str) -> Run:
+        path = self.runs_dir / run_id
+        if not (path / RUN_RECORD).is_file() or "/" in run_id or run_id.startswith("."):
+            raise FileNotFoundError(f"no run {run_id} in {self.runs_dir}; `python -m pipeline runs` lists them")
+        return Run(path, read_json(path / RUN_RECORD))
+
+    def manifest(self, output: Path) -> dict | None:
+        return read_manifest(Path(output) / MANIFEST)
 
     def new_run(self, record: dict) -> Path:
-        self.runs.mkdir(parents=True, exist_ok=True)
+        self.runs_dir.mkdir(parents=True, exist_ok=True)
         run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(2)
-        run_dir = self.runs / run_id
+        run_dir = self.runs_dir / run_id
         run_dir.mkdir()
         write_json_atomic(run_dir / RUN_RECORD, {"run_id": run_id, "started_at": now(), "components": {}, **record})
         with contextlib.suppress(OSError):  # without it a full disk may keep the failure unrecorded; no reason to fail
@@ -158,15 +224,36 @@ class ArtifactStore:
         """A finished run needs no room kept for it."""
         (Path(run_dir) / RESERVE).unlink(missing_ok=True)
 
+    def _outputs(self, component: str):
+        """(run id, output, manifest) of every whole output of `component`, newest first."""
+        for run in reversed(self.runs()):
+            path = run.path / component
+            if (path / MANIFEST).is_file():
+                manifest = read_manifest(path / MANIFEST)
+                if manifest and manifest.get("status") == "succeeded":
+                    yield run.id, path, manifest
+
     def latest(self, component: str) -> Artifact | None:
         """The newest whole output of `component`, from any run."""
-        if not self.runs.is_dir():
-            return None
-        for run_dir in sorted(self.runs.iterdir(), reverse=True):
-            path = run_dir / component
-            if (path / MANIFEST).is_file():
-                return Artifact(component, run_dir.name, path)
+        return next((Artifact(component, run_id, path) for run_id, path, _ in self._outputs(component)), None)
+
+    def find(self, component: str, fingerprint: str) -> Artifact | None:
+        """The newest whole output of `component` with this fingerprint whose files are as its
+        manifest recorded them (by size: cheap enough for every lookup); one that is not is
+        named in a warning and passed over, so it is recomputed."""
+        for run_id, path, manifest in self._outputs(component):
+            if manifest["fingerprint"] == fingerprint:
+                problem = damage(path, manifest)
+                if problem:
+                    log.warning("not reusing the %s output of run %s: %s; it is recomputed", component, run_id, problem)
+                    continue
+                return Artifact(component, run_id, path)
         return None
+
+    def same_content(self, component: str, content: str, besides: str) -> str | None:
+        """The run of another output of `component` holding this very content, if any."""
+        return next((run_id for run_id, _, manifest in self._outputs(component)
+                     if run_id != besides and manifest.get("content") == content), None)
 
     @contextmanager
     def staging(self, run_dir: Path, component: str):

@@ -61,7 +61,9 @@ def test_editing_a_module_preprocess_imports_reruns_preprocess_and_downstream(st
         f.write("\n# an edit to the scaling module, which preprocess imports (ingest does not)\n")
     monkeypatch.setattr(fingerprint, "ROOT", source)
     statuses = _statuses(_run(store, tfds_dir))
-    assert statuses == {"ingest": "cached", "preprocess": "succeeded", "validate": "succeeded", "train": "succeeded",
+    # Preprocess makes the same records again, so validate (keyed on their content) is reused;
+    # train imports the scaling module itself, so it and what follows it run.
+    assert statuses == {"ingest": "cached", "preprocess": "succeeded", "validate": "cached", "train": "succeeded",
                         "evaluate": "succeeded", "export": "succeeded"}
 
 
@@ -122,3 +124,29 @@ def test_a_damaged_cached_output_is_recomputed_and_a_damaged_input_is_named(stor
                                                 rf"have the bytes its manifest records.*--rerun train$") as err:
         run(cfg, store, ["evaluate"])
     assert err.value.component == "evaluate"
+
+
+def _edited_copy(tmp_path, monkeypatch, module: str, line: str):
+    """The project's source copied, with `line` appended to one module: a comment-only edit."""
+    source = tmp_path / "source"
+    for package in ("components", "pipeline"):
+        shutil.copytree(REPO / package, source / package, ignore=shutil.ignore_patterns("__pycache__"))
+    with open(source / module, "a") as f:
+        f.write(f"\n{line}\n")
+    monkeypatch.setattr(fingerprint, "ROOT", source)
+
+
+def test_a_comment_edit_of_ingest_executes_ingest_and_reuses_everything_after_it(store, full_run, tfds_dir,
+                                                                                  tmp_path, monkeypatch, caplog):
+    _edited_copy(tmp_path, monkeypatch, "components/ingest.py", "# a comment: the same records come out")
+    with caplog.at_level(logging.INFO, logger="pipeline"):
+        run_dir = _run(store, tfds_dir)
+    assert _statuses(run_dir) == {"ingest": "succeeded", "preprocess": "cached", "validate": "cached",
+                                  "train": "cached", "evaluate": "cached", "export": "cached"}
+    assert f"ingest executed: same content as run {full_run[1].name}; downstream unaffected" in caplog.text
+
+
+def test_an_edit_of_the_saved_model_client_reruns_evaluate_and_export_not_train(store, tfds_dir, tmp_path, monkeypatch):
+    _edited_copy(tmp_path, monkeypatch, "components/client.py", "# an edit to how a SavedModel is called")
+    assert _statuses(_run(store, tfds_dir)) == {"ingest": "cached", "preprocess": "cached", "validate": "cached",
+                                                "train": "cached", "evaluate": "succeeded", "export": "succeeded"}

@@ -95,7 +95,7 @@ def test_extra_images_count_by_content_in_ingests_fingerprint(tmp_path):
     digit = np.zeros((28, 28), np.uint8)
     digit[8:20, 12:16] = 255
     extra = _extra_folder(tmp_path / "extra", [digit, digit])
-    key = lambda: STEPS["ingest"].key(load_config([f"ingest.extra_dir={extra}"]), None, {})  # noqa: E731
+    key = lambda: STEPS["ingest"].configure(load_config([f"ingest.extra_dir={extra}"]), None, {})[1]  # noqa: E731
     first = key()
     assert key() == first  # an unchanged folder: a cache hit
     Image.fromarray(255 - digit).save(extra / "3" / "new.png")
@@ -133,6 +133,6 @@ def test_offline_without_a_mirror_fails_at_once_naming_manual_dir(tmp_path, monk
                    "--set", f"ingest.data_dir={tmp_path / 'tfds'}"])
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert status == 1
-    assert error.startswith("error: mnist could not be downloaded: storage.googleapis.com is unreachable")
+    assert error.startswith("error: ingest failed: mnist could not be downloaded: storage.googleapis.com is unreachable")
     assert "MANUAL_DIR=" in error and "ingest.manual_dir" in error
     assert not (tmp_path / "tfds" / "downloads").exists()  # TFDS never started its retries
