@@ -69,10 +69,11 @@ def test_reused_outputs_are_found_from_any_working_directory(full_run, tmp_path,
     from pipeline.config import load_config
     from pipeline.lineage import artifact
     from pipeline.runner import run
+    from pipeline.store import ArtifactStore
 
     shutil.copytree(full_run[0], tmp_path / "artifacts")
     monkeypatch.chdir(tmp_path)
     cached = run(load_config(small_overrides(tfds_dir)), Path("artifacts"))  # a relative root, as `--artifacts` takes
     monkeypatch.chdir(REPO)
-    found = artifact(tmp_path / cached, "train")
+    found = artifact(ArtifactStore(tmp_path / "artifacts").run(cached.name), "train")
     assert found == tmp_path / "artifacts" / "runs" / full_run[1].name / "train"

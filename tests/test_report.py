@@ -106,20 +106,18 @@ def test_every_field_from_outside_is_escaped_in_the_report(full_run, tmp_path):
     root = tmp_path / "artifacts"
     shutil.copytree(full_run[0], root)
     run_dir = root / "runs" / full_run[1].name
-    # What evaluate and validate quote from outside: a served path in a warning, a setting in a reason.
-    blessing_path = run_dir / "evaluate" / "blessing.json"
-    blessing = json.loads(blessing_path.read_text())
-    blessing.update(warnings=[f"the served model {HOSTILE} cannot be loaded"], reasons=[f"a reason {HOSTILE}"])
-    blessing_path.write_text(json.dumps(blessing))
-    anomalies_path = run_dir / "validate" / "anomalies.json"
-    anomalies = json.loads(anomalies_path.read_text())
-    anomalies["reference"] = HOSTILE
-    anomalies["checks"][0]["message"] = HOSTILE
-    anomalies_path.write_text(json.dumps(anomalies))
-    training_path = run_dir / "train" / "training.json"
-    training = json.loads(training_path.read_text())
-    training["stop_reason"] = HOSTILE
-    training_path.write_text(json.dumps(training))
+    # What evaluate and validate quote from outside: a served path in a warning, a setting in a
+    # reason, a stop reason; the report shows them from the manifests, the record of each result.
+    def hostile(component, change):
+        path = run_dir / component / "manifest.json"
+        manifest = json.loads(path.read_text())
+        change(manifest["result"])
+        path.write_text(json.dumps(manifest))
+
+    hostile("evaluate", lambda r: r.update(warnings=[f"the served model {HOSTILE} cannot be loaded"],
+                                           reasons=[f"a reason {HOSTILE}"]))
+    hostile("validate", lambda r: (r.update(reference=HOSTILE), r["checks"][0].update(message=HOSTILE)))
+    hostile("train", lambda r: r.update(stop_reason=HOSTILE))
     record = json.loads((run_dir / "run.json").read_text())
     record["error"] = HOSTILE
     record["config"]["train"]["preset"] = HOSTILE

@@ -99,6 +99,14 @@ def _rewrite(root: Path, split: str, change) -> None:
     with tf.io.TFRecordWriter(str(ingest / f"{split}-00000-of-00001.tfrecord")) as writer:
         for image, label in change(examples):
             writer.write(serialize_example(np.asarray(image, np.uint8).tobytes(), label))
+    # As if ingest had written these records: its manifest describes them (else they are damaged).
+    from pipeline.graph import STEPS
+    from pipeline.store import file_records
+
+    manifest = json.loads((ingest / "manifest.json").read_text())
+    manifest["files"] = file_records(ingest)
+    manifest["content"] = STEPS["ingest"].content(ingest, manifest["files"])
+    (ingest / "manifest.json").write_text(json.dumps(manifest))
 
 
 def _run_on(accepted, tmp_path, changes: dict, **overrides):
