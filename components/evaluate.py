@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import keras
@@ -71,6 +72,27 @@ def judge(candidate: dict, baseline: dict | None, *, min_accuracy: float, accura
     return reasons
 
 
+def judge_slice(name: str, candidate: dict, baseline: dict | None, *, min_accuracy: float,
+                max_accuracy_drop: float, min_count: int) -> tuple[list[str], list[str]]:
+    """(reasons, warnings) of a named slice's gates, as TFMA judges a slice on its own
+    thresholds. A slice with fewer than `min_count` examples says too little to block a
+    model: its failed gates become warnings."""
+    setting = f"evaluate.slices.{name}"
+    failed = []
+    if candidate["accuracy"] < min_accuracy:
+        failed.append(f"{name} slice: accuracy {candidate['accuracy']:.4f} is below the minimum {min_accuracy} "
+                      f"({setting}.min_accuracy)")
+    if baseline is not None and baseline["accuracy"] - candidate["accuracy"] > max_accuracy_drop:
+        failed.append(f"{name} slice: accuracy {candidate['accuracy']:.4f} trails the served model's "
+                      f"{baseline['accuracy']:.4f} on the same {candidate['examples']} images by more than "
+                      f"{max_accuracy_drop} ({setting}.max_accuracy_drop)")
+    if candidate["examples"] >= min_count:
+        return failed, []
+    few = (f"{name} slice has {candidate['examples']} image(s), fewer than {setting}.min_count ({min_count}): "
+           f"its gates only warn")
+    return [], [few, *failed]
+
+
 def evaluate(
     model: Path,
     examples: Path,
@@ -80,55 +102,103 @@ def evaluate(
     min_accuracy: float = 0.97,
     accuracy_tolerance: float = 0.001,
     max_recall_drop: float = 0.01,
+    slices: dict | None = None,
 ) -> dict:
-    """Evaluate `model/model.keras` on the test split of `examples`; return blessing.json.
+    """Evaluate `model/model.keras` on the test split of `examples`, and on each named slice
+    it holds (`users`: the held-out extra images) with that slice's gates in `slices`; return
+    blessing.json.
 
-    The split is read a batch at a time; what is kept of it is each example's label and
+    A split is read a batch at a time; what is kept of it is each example's label and
     predicted probabilities (both models'), and the images of the most confident mistakes.
     """
     net = keras.models.load_model(Path(model) / "model.keras")
     warnings: list[str] = []
-    served_predict = _try_baseline(lambda: serving_function(baseline), baseline, warnings) if baseline else None
-    labels, probabilities, served_probabilities = [], [], []
-    worst, worst_images, seen = [], {}, 0
-    for images, batch_labels in iter_examples(examples, "test", BATCH_SIZE):
-        batch = np.asarray(net.predict_on_batch(scale_pixels(images)))
-        if served_predict:
-            served_batch = _try_baseline(lambda: served_predict(images), baseline, warnings)
-            if served_batch is None:
-                served_predict = None
-            else:
-                served_probabilities.append(served_batch)
-        batch_worst = worst_misclassified(batch_labels, batch, offset=seen)
-        worst_images.update({miss["index"]: images[miss["index"] - seen] for miss in batch_worst})
-        worst = sorted(worst + batch_worst, key=lambda miss: (-miss["confidence"], miss["index"]))[:WORST_SHOWN]
-        worst_images = {miss["index"]: worst_images[miss["index"]] for miss in worst}
-        labels.append(batch_labels)
-        probabilities.append(batch)
-        seen += len(images)
-    labels, probabilities = np.concatenate(labels), np.concatenate(probabilities)
-    candidate = compute_metrics(labels, probabilities)
-    served = compute_metrics(labels, np.concatenate(served_probabilities)) if served_predict else None
+    served = _Served(baseline, warnings)
+    scored = {"test": _score(net, served, examples, "test", keep_worst=True)}
+    for name in slices or {}:
+        if list(Path(examples).glob(f"{name}-*.tfrecord")):
+            scored[name] = _score(net, served, examples, name)
+    metrics = {name: (compute_metrics(s.labels, s.probabilities),
+                      compute_metrics(s.labels, s.served) if s.served is not None else None) for name, s in scored.items()}
 
     out = Path(evaluation)
     out.mkdir(parents=True, exist_ok=True)
-    write_reports(out, labels, probabilities.argmax(axis=1), candidate)
-    write_worst_misclassified(out, worst, worst_images)
-    reasons = judge(candidate, served, min_accuracy=min_accuracy, accuracy_tolerance=accuracy_tolerance,
+    test, candidate = scored["test"], metrics["test"][0]
+    write_reports(out, test.labels, test.probabilities.argmax(axis=1), candidate)
+    write_worst_misclassified(out, test.worst, test.worst_images)
+    reasons = judge(candidate, metrics["test"][1], min_accuracy=min_accuracy, accuracy_tolerance=accuracy_tolerance,
                     max_recall_drop=max_recall_drop)
+    for name in scored.keys() - {"test"}:
+        slice_reasons, slice_warnings = judge_slice(name, *metrics[name], **slices[name])
+        reasons += slice_reasons
+        warnings += slice_warnings
     blessing = {
         "blessed": not reasons,
         "reasons": reasons,
         "candidate": _summary(model, candidate),
-        "baseline": _summary(baseline, served) if served else None,
+        "baseline": _summary(baseline, metrics["test"][1]) if metrics["test"][1] else None,
+        # Every slice for both models, the test split first: what the report and the nightly show.
+        "slices": {name: {"candidate": _summary(model, mine), "baseline": _summary(baseline, theirs) if theirs else None}
+                   for name, (mine, theirs) in metrics.items()},
         # What export's push checks is still served (a loaded baseline or a broken one).
         "judged_against": serving.identity(Path(baseline).parent, int(Path(baseline).name)) if baseline else None,
         "warnings": warnings,
         "thresholds": {"min_accuracy": min_accuracy, "accuracy_tolerance": accuracy_tolerance,
-                       "max_recall_drop": max_recall_drop},
+                       "max_recall_drop": max_recall_drop, "slices": slices or {}},
     }
     (out / "blessing.json").write_text(json.dumps(blessing, indent=2))
     return blessing
+
+
+class _Served:
+    """The served baseline's predictions, or none once it has failed to load or answer
+    (with a warning): a broken served model must not block the model that replaces it."""
+
+    def __init__(self, baseline: Path | None, warnings: list[str]):
+        self.baseline, self.warnings = baseline, warnings
+        self.predict = _try_baseline(lambda: serving_function(baseline), baseline, warnings) if baseline else None
+
+    @property
+    def alive(self) -> bool:
+        return self.predict is not None
+
+    def __call__(self, images):
+        answer = _try_baseline(lambda: self.predict(images), self.baseline, self.warnings) if self.predict else None
+        if answer is None:
+            self.predict = None
+        return answer
+
+
+@dataclass
+class _Scored:
+    labels: np.ndarray
+    probabilities: np.ndarray
+    served: np.ndarray | None
+    worst: list[dict]
+    worst_images: dict[int, np.ndarray]
+
+
+def _score(net, served: _Served, examples: Path, split: str, keep_worst: bool = False) -> _Scored:
+    """Both models' predictions on one split, streamed a batch at a time (and the images of
+    the most confident mistakes, when asked)."""
+    labels, probabilities, served_probabilities = [], [], []
+    worst, worst_images, seen = [], {}, 0
+    for images, batch_labels in iter_examples(examples, split, BATCH_SIZE):
+        batch = np.asarray(net.predict_on_batch(scale_pixels(images)))
+        if served.alive:
+            answer = served(images)
+            if answer is not None:
+                served_probabilities.append(answer)
+        if keep_worst:
+            batch_worst = worst_misclassified(batch_labels, batch, offset=seen)
+            worst_images.update({miss["index"]: images[miss["index"] - seen] for miss in batch_worst})
+            worst = sorted(worst + batch_worst, key=lambda miss: (-miss["confidence"], miss["index"]))[:WORST_SHOWN]
+            worst_images = {miss["index"]: worst_images[miss["index"]] for miss in worst}
+        labels.append(batch_labels)
+        probabilities.append(batch)
+        seen += len(images)
+    return _Scored(np.concatenate(labels), np.concatenate(probabilities),
+                   np.concatenate(served_probabilities) if served.alive else None, worst, worst_images)
 
 
 def _try_baseline(call, baseline: Path, warnings: list[str]):
@@ -145,7 +215,7 @@ def _try_baseline(call, baseline: Path, warnings: list[str]):
 
 
 def _summary(model: Path, metrics: dict) -> dict:
-    return {"model": str(model), **{k: metrics[k] for k in ("accuracy", "loss", "recall")}}
+    return {"model": str(model), **{k: metrics[k] for k in ("examples", "accuracy", "loss", "recall")}}
 
 
 def worst_misclassified(labels: np.ndarray, probabilities: np.ndarray, n: int = WORST_SHOWN, *,

@@ -3,7 +3,8 @@
 Output (`examples/`): `train-*.tfrecord` and `test-*.tfrecord`, each record holding
 `image` (784 raw uint8 bytes, row-major 28x28) and `label` (int64), plus `ingest.json`
 recording what was loaded. Extra labelled images (`extra_dir`) go into their own
-train shard, `train-extra-00000-of-00001.tfrecord`, in the same raw form.
+train shard, `train-extra-00000-of-00001.tfrecord`, in the same raw form, except a share
+held out by content as the users' slice, `users-00000-of-00001.tfrecord`.
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ if not sys.stderr.isatty():
     tfds.disable_progress_bar()  # a person at a terminal sees TFDS's bars; unattended logs stay lines
 log = logging.getLogger(__name__)
 SPLITS = ("train", "test")
+USERS = "users"  # the held-out extra images: the users' slice evaluate judges
 EXAMPLES_PER_SHARD = 50_000  # shards keep a later distributed Beam read parallel
 PROBE_SECONDS = 5  # offline, TFDS retries the download for minutes before it gives up
 
@@ -51,13 +53,18 @@ def ingest(
     manual_dir: str | Path | None = None,
     data_dir: str | Path | None = None,
     extra_dir: str | Path | None = None,
+    extra_holdout: float = 0.0,
 ) -> dict:
     """Load the two splits through TFDS and write them to `examples`; return ingest.json.
 
     With `extra_dir`, its labelled images (`<digit>/<name>.png`...) are put in MNIST form
-    by `digits.to_mnist`, the function `predict` uses, and added to the train split only;
-    files that cannot be used are listed in ingest.json with the reason, never fatal.
+    by `digits.to_mnist`, the function `predict` uses; a share `extra_holdout` of them (by
+    a hash of each file's bytes) is the users' slice, `users-*.tfrecord`, which evaluate
+    judges and training never sees, and the rest is added to the train split. Files that
+    cannot be used are listed in ingest.json with the reason, never fatal.
     """
+    if not 0.0 <= extra_holdout <= 1.0:
+        raise ValueError(f"ingest.extra_holdout must be a share in [0, 1], got {extra_holdout}")
     if extra_dir and not Path(extra_dir).is_dir():
         raise FileNotFoundError(f"ingest.extra_dir {extra_dir} is not a folder; point it at <digit>/<image> files or set it to ''")
     examples = Path(examples)
@@ -77,8 +84,10 @@ def ingest(
 
     if extra_dir:
         splits["train"]["base_count"] = splits["train"]["count"]
-        extra = _write_extra(Path(extra_dir), examples)
+        extra = _write_extra(Path(extra_dir), examples, extra_holdout)
         splits["train"]["count"] += extra["count"]
+        if extra["held_out"]["count"]:
+            splits[USERS] = {"tfds_split": None, "count": extra["held_out"]["count"]}
     record = {
         "dataset": builder.info.name,
         "version": str(builder.info.version),
@@ -156,23 +165,41 @@ def _check_mirror(builder: tfds.core.DatasetBuilder, manual_dir: Path) -> None:
             )
 
 
-def _write_extra(folder: Path, examples: Path) -> dict:
-    """The extra labelled images as one more train shard (`train-extra-*`), raw like the rest."""
+def held_out(data: bytes, share: float) -> bool:
+    """Whether an extra image belongs to the users' slice: by a hash of the file's bytes, so
+    the same files are held out every time, wherever the folder lies and whatever it is called."""
+    return int.from_bytes(hashlib.sha256(data).digest()[:8], "big") / 2**64 < share
+
+
+def _write_extra(folder: Path, examples: Path, holdout: float) -> dict:
+    """The extra labelled images, raw like the rest: a `holdout` share (by content) as the
+    users' slice (`users-*`), never trained on; the others as one more train shard (`train-extra-*`)."""
     found, skipped = labelled_images(folder)
-    per_digit = [0] * 10
-    with tf.io.TFRecordWriter(str(examples / "train-extra-00000-of-00001.tfrecord")) as writer:
+    counts, kept_out = {"train": [0] * 10, "users": [0] * 10}, []
+    paths = {"train": examples / "train-extra-00000-of-00001.tfrecord",
+             "users": examples / f"{USERS}-00000-of-00001.tfrecord"}
+    with tf.io.TFRecordWriter(str(paths["train"])) as train_writer, tf.io.TFRecordWriter(str(paths["users"])) as users_writer:
         for path, label in found:
             try:
                 image = to_mnist(load_image(path))
             except ImageError as err:
                 skipped.append({"path": str(path), "reason": str(err)})
                 continue
-            writer.write(serialize_example(image.astype(np.uint8).tobytes(), label))
-            per_digit[label] += 1
+            split = "users" if held_out(path.read_bytes(), holdout) else "train"
+            (users_writer if split == "users" else train_writer).write(
+                serialize_example(image.astype(np.uint8).tobytes(), label))
+            counts[split][label] += 1
+            if split == "users":
+                kept_out.append(path.relative_to(folder).as_posix())
+    if not sum(counts["users"]):
+        paths["users"].unlink()  # no slice: evaluate judges on the test split alone, as without extra images
     for bad in skipped:
         log.warning("extra image skipped: %s: %s", bad["path"], bad["reason"])
-    return {"folder": str(folder.resolve()), "count": sum(per_digit),
-            "per_digit": {str(d): n for d, n in enumerate(per_digit)}, "skipped": skipped}
+    return {"folder": str(folder.resolve()), "count": sum(counts["train"]),
+            "per_digit": {str(d): n for d, n in enumerate(counts["train"])},
+            "held_out": {"share": holdout, "count": sum(counts["users"]),
+                         "per_digit": {str(d): n for d, n in enumerate(counts["users"])}, "files": kept_out},
+            "skipped": skipped}
 
 
 def _write_split(dataset: tf.data.Dataset, folder: Path, name: str) -> int:

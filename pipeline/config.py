@@ -27,6 +27,7 @@ class Ingest(_Section):
     train_split: str = Field(min_length=1)
     test_split: str = Field(min_length=1)
     extra_dir: str = ""
+    extra_holdout: float = Field(default=0.0, ge=0.0, le=1.0)
 
 
 class Preprocess(_Section):
@@ -97,10 +98,21 @@ class Validation(_Section):
         return names
 
 
+class SliceGate(_Section):
+    min_accuracy: float = Field(ge=0.0, le=1.0)
+    max_accuracy_drop: float = Field(ge=0.0, le=1.0)  # against the served model on the same images
+    min_count: int = Field(ge=0)  # fewer images: the slice's gates only warn
+
+
+class Slices(_Section):
+    users: SliceGate
+
+
 class Evaluate(_Section):
     min_accuracy: float = Field(ge=0.0, le=1.0)
     accuracy_tolerance: float = Field(ge=0.0, le=1.0)
     max_recall_drop: float = Field(ge=0.0, le=1.0)
+    slices: Slices
 
 
 class Export(_Section):

@@ -179,8 +179,11 @@ def _evaluate(cfg: Config, ctx: RunContext, upstream: dict) -> tuple[dict, dict]
 
 
 def _evaluate_summary(result: dict) -> dict:
+    slices = {name: {"examples": s["candidate"].get("examples"), "accuracy": s["candidate"].get("accuracy"),
+                     "served_accuracy": (s.get("baseline") or {}).get("accuracy")}
+              for name, s in (result.get("slices") or {}).items() if name != "test"}
     return {"accuracy": (result.get("candidate") or {}).get("accuracy"), "blessed": result.get("blessed"),
-            "reasons": result.get("reasons")}
+            "reasons": result.get("reasons"), **({"slices": slices} if slices else {})}
 
 
 def _export(cfg: Config, ctx: RunContext, upstream: dict) -> tuple[dict, dict]:

@@ -19,6 +19,7 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from pipeline.config import Config
+from pipeline.graph import STEPS
 from pipeline.lineage import result
 from pipeline.store import ArtifactStore, Run, now, write_json_atomic
 
@@ -116,10 +117,12 @@ def summarize(run: Run | None, error: str | None, interrupted: str | None, durat
             "train": splits.get("train", {}).get("count"),
             "extra_images": extra.get("count", 0),
             "test": splits.get("test", {}).get("count"),
+            **({"held_out": extra["held_out"]["count"]} if "held_out" in extra else {}),  # the users' slice
         },
         "skipped_files": extra.get("skipped", []),
         "test_accuracy": (blessing.get("candidate") or {}).get("accuracy"),
         "baseline_accuracy": (blessing.get("baseline") or {}).get("accuracy"),
+        "slices": STEPS["evaluate"].summary(blessing).get("slices", {}),  # the users' slice, both models
         "pushed": export.get("version") if export.get("pushed") and export_entry.get("status") == "succeeded" else None,
         "warnings": blessing.get("warnings", []),
         "push_decision": pushed,
@@ -133,8 +136,11 @@ def one_line(summary: dict) -> str:
     data = summary["data"]
     parts = [
         f"nightly {summary['status']}: run {summary['run_id']}",
-        f"train {data['train']} (extra {data['extra_images']}) test {data['test']}",
+        f"train {data['train']} (extra {data['extra_images']}"
+        + (f", {data['held_out']} held out" if data.get("held_out") else "") + f") test {data['test']}",
         f"accuracy {_pct(summary['test_accuracy'])} vs served {_pct(summary['baseline_accuracy'])}",
+        *(f"{name} slice {_pct(s['accuracy'])} vs served {_pct(s['served_accuracy'])} ({s['examples']} images)"
+          for name, s in summary.get("slices", {}).items()),
         summary["push_decision"],
         f"{len(summary['skipped_files'])} bad file(s) skipped",
         f"{summary['duration_s']}s",
