@@ -1,4 +1,4 @@
-"""Command line: `python -m pipeline {run,nightly,runs,show,report,models,rollback,predict,presets,gc,schedule} ...`; see --help."""
+"""Command line: `python -m pipeline {run,nightly,runs,show,report,models,rollback,predict,infer,presets,gc,schedule} ...`; see --help."""
 from __future__ import annotations
 
 import argparse
@@ -63,6 +63,12 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("paths", nargs="+", type=Path, metavar="PATH")
     predict.add_argument("--model", help="served version number or SavedModel directory (default: the current version)")
     predict.add_argument("--json", action="store_true", help="one JSON object per image, with all ten probabilities")
+
+    infer = sub.add_parser("infer", parents=[configured],
+                           help="score a folder of images (or TFRecords) in batch; queue doubtful ones for labelling")
+    infer.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="image files, TFRecord files or folders")
+    infer.add_argument("--model", default="current",
+                       help="current (default), a served version (3 or v3) or a SavedModel directory")
 
     sub.add_parser("presets", help="list the model presets and their training settings")
     return parser
@@ -247,6 +253,18 @@ def _predict(args) -> int:
     return 1 if failures else 0
 
 
+def _infer(args) -> int:
+    from pipeline.config import load_config
+    from pipeline.inference import run_inference
+    from pipeline.store import MANIFEST, read_json
+
+    folder = run_inference(load_config(args.overrides), args.artifacts, args.inputs, args.model)
+    summary = read_json(folder / MANIFEST)["result"]
+    print(f"{folder}: {summary['images']} image(s) scored, {summary['queued']} queued for review in "
+          f"{folder / 'review'}, {summary['bad']} bad file(s) listed in {folder / 'bad_files.jsonl'}")
+    return 0
+
+
 def _presets(args) -> int:
     import dataclasses
 
@@ -258,7 +276,7 @@ def _presets(args) -> int:
     return 0
 
 
-COMMANDS = {"run": _run, "runs": _runs, "show": _show, "report": _report, "nightly": _nightly, "gc": _gc, "schedule": _schedule, "models": _models, "rollback": _rollback, "predict": _predict, "presets": _presets}
+COMMANDS = {"run": _run, "runs": _runs, "show": _show, "report": _report, "nightly": _nightly, "gc": _gc, "schedule": _schedule, "models": _models, "rollback": _rollback, "predict": _predict, "infer": _infer, "presets": _presets}
 
 if __name__ == "__main__":
     sys.exit(main())

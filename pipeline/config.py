@@ -122,6 +122,15 @@ class Export(_Section):
     verify_examples: int = Field(ge=1)
 
 
+class Infer(_Section):
+    review_below: float = Field(ge=0.0, le=1.0)
+    batch_size: int = Field(ge=1, le=65536)
+
+
+class Nightly(_Section):
+    infer_dir: str  # "" = none
+
+
 class Retention(_Section):
     keep_runs: int = Field(ge=1)
     keep_versions: int = Field(ge=1)
@@ -135,6 +144,8 @@ class Config(_Section):
     train: Train
     evaluate: Evaluate
     export: Export
+    infer: Infer
+    nightly: Nightly
     retention: Retention
 
 

@@ -21,7 +21,7 @@ from filelock import FileLock, Timeout
 from pipeline.config import Config
 from pipeline.graph import STEPS
 from pipeline.lineage import result
-from pipeline.store import ArtifactStore, Run, now, write_json_atomic
+from pipeline.store import MANIFEST, ArtifactStore, Run, now, read_json, write_json_atomic
 
 log = logging.getLogger("pipeline")
 EX_TEMPFAIL = 75
@@ -52,11 +52,15 @@ def nightly(cfg: Config, artifacts: Path) -> tuple[int, dict]:
             error = error_line(err)
             log.error("nightly: the run failed: %s", error)
             run_dir = store.runs()[-1].path if store.runs() else None
+        inference = None
+        if cfg.nightly.infer_dir and not error:
+            inference, error = _score_inbox(cfg, artifacts)
         found = retention.plan(artifacts, model_base(cfg, artifacts), cfg.retention.keep_runs,
                                cfg.retention.keep_versions, active={run_dir.name} if run_dir else set())
         retention.apply(found)
         summary = summarize(store.run(run_dir.name) if run_dir else None, error, interrupted,
                             round(time.perf_counter() - started, 1), len(found.paths()))
+        summary["inference"] = inference
         line = one_line(summary)
         if run_dir:
             write_json_atomic(run_dir / SUMMARY, summary)
@@ -64,6 +68,26 @@ def nightly(cfg: Config, artifacts: Path) -> tuple[int, dict]:
                 run_log.write(f"{now()} INFO pipeline: {line}\n")
         print(line, flush=True)
         return (1 if error else 0), summary
+
+
+def _score_inbox(cfg: Config, artifacts: Path) -> tuple[dict | None, str | None]:
+    """After the push: the served model scores the inbox (`nightly.infer_dir`), and the doubtful
+    images wait in the inference folder's review queue for a person. (summary, error)."""
+    from components import serving
+    from pipeline.inference import run_inference
+    from pipeline.runner import error_line, model_base
+
+    if serving.current_version(model_base(cfg, artifacts)) is None:
+        log.warning("nightly: nothing is served yet, so %s is not scored tonight", cfg.nightly.infer_dir)
+        return {"skipped": "nothing served yet"}, None
+    try:
+        folder = run_inference(cfg, artifacts, [Path(cfg.nightly.infer_dir)])
+    except Exception as err:
+        error = f"scoring {cfg.nightly.infer_dir} failed: {error_line(err)}"
+        log.error("nightly: %s", error)
+        return None, error
+    found = read_json(folder / MANIFEST)["result"]
+    return {"folder": str(folder), **{k: found[k] for k in ("images", "queued", "bad")}}, None
 
 
 @contextmanager
@@ -145,6 +169,9 @@ def one_line(summary: dict) -> str:
         f"{len(summary['skipped_files'])} bad file(s) skipped",
         f"{summary['duration_s']}s",
     ]
+    if (summary.get("inference") or {}).get("folder"):
+        scored = summary["inference"]
+        parts.append(f"scored {scored['images']} inbox image(s), {scored['queued']} queued for review")
     if summary["resumed"]:
         parts.append(f"resumed run {summary['resumed']['from_run']} "
                      f"(training after epoch {summary['resumed']['training_resumed_after_epoch']})")

@@ -12,7 +12,8 @@ from components.digits import ImageError, image_files, load_image, to_mnist
 
 
 def resolve_model(model: str | None, model_base: Path) -> Path:
-    """A served version number, a SavedModel directory, or (None) the current served version."""
+    """A served version (`3` or `v3`), a SavedModel directory, or (None or `current`) the current served version."""
+    model = None if model == "current" else model[1:] if model and model[:1] in "vV" and model[1:].isdigit() else model
     if model and not model.isdigit():
         path = Path(model)
         if not (path / "saved_model.pb").is_file():

@@ -1,7 +1,7 @@
 """Retention (`python -m pipeline gc`, and the end of every nightly): what may be deleted.
 
 Kept, always:
-- the last `retention.keep_runs` runs;
+- the last `retention.keep_runs` runs, and as many inference folders (`infer`);
 - every run behind a kept served version (its push record names the run);
 - every run whose artifacts a kept run uses, through the cache or as an upstream input,
   followed transitively, so no kept manifest ever points at a deleted artifact;
@@ -93,7 +93,8 @@ def plan(artifacts: Path, model_base: Path, keep_runs: int, keep_versions: int,
 
     result = Plan(
         model_base=Path(model_base),
-        runs=[p for p in run_dirs if p.name not in keep],
+        # The newest inference folders stay, as many as runs: their review queues wait for a person.
+        runs=[p for p in run_dirs if p.name not in keep] + (store.inferences()[:-keep_runs] if keep_runs > 0 else []),
         versions=[Path(model_base) / str(v) for v in versions if v not in kept_versions],
     )
     for run_dir in run_dirs:

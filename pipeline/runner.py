@@ -67,7 +67,7 @@ def run(cfg: Config, artifacts: Path, components: list[str] | None = None, *,
     log.info("run %s started in %s", run_dir.name, run_dir)
     produced: dict[str, Upstream] = {}
     try:
-        with _temp_dir_in(run_dir):
+        with temp_files_in(run_dir):
             for name in names:
                 produced[name] = _run_step(store, run_dir, STEPS[name], cfg, ctx, produced,
                                            use_cache=use_cache and name not in forced)
@@ -89,7 +89,7 @@ def run(cfg: Config, artifacts: Path, components: list[str] | None = None, *,
 
 
 @contextlib.contextmanager
-def _temp_dir_in(run_dir: Path):
+def temp_files_in(run_dir: Path):
     """Sends the libraries' temp files (Beam's pipeline folder, autograph's modules, ...) into
     the run while it runs, and removes them after: they clean up only at a clean exit, so a
     run killed mid-step leaves them in its own folder, never in the system temp dir."""

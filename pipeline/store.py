@@ -165,6 +165,7 @@ class ArtifactStore:
 
         runs/<run id>/run.json, runs/<run id>/<component>/manifest.json   the runs
         backups/<fingerprint>/ (+ <fingerprint>.lock)                      resumable steps' backups
+        inference/<id>/manifest.json                                       batch scoring (`infer`)
         serving/<model name>/<version>/ (export.serving_root moves it)     the served versions
     """
 
@@ -172,6 +173,17 @@ class ArtifactStore:
         self.root = Path(root)
         self.runs_dir = self.root / "runs"
         self.backups_dir = self.root / "backups"
+        self.inference_dir = self.root / "inference"
+
+    def new_id(self) -> str:
+        """A run's or an inference's id: its start time, sortable, and a random tail."""
+        return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(2)
+
+    def inferences(self) -> list[Path]:
+        """Every whole inference folder, oldest first."""
+        if not self.inference_dir.is_dir():
+            return []
+        return [p for p in sorted(self.inference_dir.iterdir()) if (p / MANIFEST).is_file()]
 
     def model_base(self, serving_root: str, model_name: str) -> Path:
         """Where a model's versions are served: `<serving root>/<model name>`; a relative
@@ -199,7 +211,7 @@ class ArtifactStore:
 
     def new_run(self, record: dict) -> Path:
         self.runs_dir.mkdir(parents=True, exist_ok=True)
-        run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(2)
+        run_id = self.new_id()
         run_dir = self.runs_dir / run_id
         run_dir.mkdir()
         write_json_atomic(run_dir / RUN_RECORD, {"run_id": run_id, "started_at": now(), "components": {}, **record})
