@@ -8,7 +8,7 @@ ARGS ?=
 MANUAL_DIR ?=
 OFFLINE := $(if $(MANUAL_DIR),--set ingest.manual_dir=$(MANUAL_DIR))
 
-.PHONY: help install pipeline component test models nightly bench-models bench-train bench-cache bench-scale bench-user-images clean
+.PHONY: help install pipeline component test models nightly bench-models bench-train bench-cache bench-scale bench-user-images bench-infer clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -54,3 +54,6 @@ bench-scale: install ## preprocess (Beam vs NumPy) and a train epoch on 1x/4x/10
 
 bench-user-images: install ## accuracy of the served model on test digits re-rendered as users' photos
 	$(PY) -m benchmarks.user_images $(ARGS)
+
+bench-infer: install ## batch inference (Beam) against predict on users' photos: make bench-infer [ARGS='--sizes 1000,10000']
+	$(PY) -m benchmarks.infer $(ARGS)

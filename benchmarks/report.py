@@ -4,6 +4,9 @@ from __future__ import annotations
 import json
 import os
 import platform
+import subprocess
+import tempfile
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -47,3 +50,37 @@ def write_json(path: Path, benchmark: str, **content) -> Path:
     }, indent=2))
     print(f"\nwritten: {path}")
     return path
+
+
+def measured(command: list[str]) -> tuple[subprocess.CompletedProcess, float, int]:
+    """Runs `command` as a child process; (its result, wall seconds, peak RSS in bytes of its
+    process tree, sampled every 50 ms)."""
+    import psutil
+
+    # Files, not pipes: a child printing more than a pipe holds would block while we only sample.
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        started, peak = time.perf_counter(), 0
+        child = psutil.Popen(command, stdout=out, stderr=err, text=True)
+        while child.poll() is None:
+            peak = max(peak, _tree_rss(child))
+            time.sleep(0.05)
+        seconds = time.perf_counter() - started
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess(command, child.returncode, out.read(), err.read()), seconds, peak
+
+
+def _tree_rss(process) -> int:
+    import psutil
+
+    try:
+        family = [process, *process.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0
+    total = 0
+    for member in family:
+        try:
+            total += member.memory_info().rss
+        except psutil.NoSuchProcess:
+            pass
+    return total

@@ -24,12 +24,11 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from benchmarks.report import machine, print_table, write_json
+from benchmarks.report import machine, measured, print_table, write_json
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -160,35 +159,13 @@ def _read_idx(mirror: Path, prefix: str):
 
 def _measure(way: str, source: Path, out: Path, train_preset: str) -> dict:
     """Runs one way in a child process; its result, with the peak RSS of its process tree."""
-    import psutil
-
     shutil.rmtree(out, ignore_errors=True)
     command = [sys.executable, "-m", "benchmarks.scale", "--train-preset", train_preset,
                "--child", way, str(source), str(out)]
-    child = psutil.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    peak = 0
-    while child.poll() is None:
-        peak = max(peak, _tree_rss(child))
-        time.sleep(0.1)
-    if child.returncode:
-        raise RuntimeError(f"{way} on {source} failed (exit {child.returncode}); run: {' '.join(command)}")
-    return {**json.loads(child.stdout.read().splitlines()[-1]), "peak_rss_mb": round(peak / 2**20)}
-
-
-def _tree_rss(process) -> int:
-    import psutil
-
-    try:
-        family = [process, *process.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return 0
-    total = 0
-    for member in family:
-        try:
-            total += member.memory_info().rss
-        except psutil.NoSuchProcess:
-            pass
-    return total
+    result, _, peak = measured(command)
+    if result.returncode:
+        raise RuntimeError(f"{way} on {source} failed (exit {result.returncode}); run: {' '.join(command)}")
+    return {**json.loads(result.stdout.splitlines()[-1]), "peak_rss_mb": round(peak / 2**20)}
 
 
 def _work(way: str, source: Path, out: Path, train_preset: str) -> dict:

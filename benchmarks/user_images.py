@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     from components.records import read_examples
     from pipeline.config import load_config
     from pipeline.predict import resolve_model
-    from pipeline.runner import serving_root
+    from pipeline.runner import model_base
     from pipeline.store import ArtifactStore
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.user_images", description=__doc__.splitlines()[0])
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     cfg = load_config()
-    model = resolve_model(args.model, serving_root(cfg, args.artifacts) / cfg.export.model_name)
+    model = resolve_model(args.model, model_base(cfg, args.artifacts))
     latest_ingest = ArtifactStore(args.artifacts).latest("ingest")
     if latest_ingest is None:
         raise SystemExit("error: no ingest output under --artifacts; run the pipeline first")
