@@ -108,6 +108,10 @@ class Export(_Section):
     # One plain folder name: `..` or `.` would push outside the serving root, or into it.
     model_name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
     verify_examples: int = Field(ge=1)
+    # Infra validation (components/infra_validator.py): a clean process loads what will be pushed.
+    infra_load_timeout_s: float = Field(gt=0.0, le=3600.0)
+    infra_tries: int = Field(ge=1, le=10)
+    infra_latency_requests: int = Field(ge=1, le=10000)
 
 
 class Retention(_Section):
