@@ -85,6 +85,7 @@ def export(
         saved_model, images, expected, load_timeout_s=infra_load_timeout_s, tries=infra_tries,
         batch_sizes=(1, len(images)), latency_requests=infra_latency_requests, tolerance=TOLERANCE,
         scratch=Path(exported) / ".infra-validation")
+    infra["saved_model"] = saved_model.name  # relative, as in export.json: the output is renamed into place
     (Path(exported) / "infra_validation.json").write_text(json.dumps(infra, indent=2))
     infra = infra_validator.summary(infra)
     if infra["passed"]:

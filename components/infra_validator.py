@@ -44,6 +44,7 @@ TAG, SIGNATURE_KEY = "serve", "serving_default"
 IMPORT_TIMEOUT_S = 300.0  # importing TensorFlow on a busy machine: not the model's fault, but not forever
 REQUEST_TIMEOUT_S = 300.0  # the canaries and the latency requests together
 MARK = "@infra "  # our lines on the child's stdout; anything else there is a library's
+ATTEMPT_FIELDS = ("outcome", "stage", "reason", "seconds", "load_seconds")  # per try, in the record
 REFUSED = "infra validation failed"  # how export.json's not_pushed_because names this check
 
 CHILD = r'''
@@ -56,7 +57,12 @@ def refuse(stage, reason):
     say("refused", stage=stage, reason=reason)
     sys.exit(3)
 def first_line(err):
-    return (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+    lines = [l.strip() for l in str(getattr(err, "message", None) or err).splitlines() if l.strip()]
+    if lines and lines[0] == "Graph execution error:":  # TensorFlow's cause is further down
+        node = [l.split()[3] for l in lines if l.startswith("Detected at node ")]
+        cause = [l for l in lines[1:] if l.split(":")[0].endswith(("Error", "Exception"))]
+        lines = ["graph execution error" + (" at node " + node[0] if node else "") + (": " + cause[0] if cause else "")]
+    return (lines or [type(err).__name__])[0][:300]
 for name in ("components", "pipeline"):
     spec = importlib.util.find_spec(name)
     if spec is not None:
@@ -189,7 +195,8 @@ def validate(saved_model: Path, images: np.ndarray, expected_probabilities: np.n
                       "batch_sizes": batch_sizes, "latency_requests": latency_requests, "scratch": str(scratch)}
             (scratch / "config.json").write_text(json.dumps(config))
             outcome = _one_try(python, scratch, load_timeout_s)
-            record["attempts"].append({"try": attempt, **{k: v for k, v in outcome.items() if k != "answers"}})
+            record["attempts"].append({"try": attempt, **{k: round(v, 3) if isinstance(v, float) else v
+                                                          for k, v in outcome.items() if k in ATTEMPT_FIELDS}})
             record["tries"] = attempt
             if outcome["outcome"] in ("timeout", "crashed") and attempt < tries:
                 shutil.rmtree(scratch)
@@ -199,6 +206,7 @@ def validate(saved_model: Path, images: np.ndarray, expected_probabilities: np.n
                 return record
             record.update(load_seconds=round(outcome["load_seconds"], 3), warmup_requests=outcome["warmup_requests"],
                           tensorflow=outcome["tensorflow"], sys_path=outcome["sys_path"],
+                          project_modules=outcome["project_modules"],
                           latency_ms={"p50": round(outcome["p50"], 3), "p99": round(outcome["p99"], 3),
                                       "requests": outcome["requests"]})
             record["canaries"] = [_compare(scratch, batch, expected[:batch], tolerance) for batch in batch_sizes]

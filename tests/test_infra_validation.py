@@ -56,6 +56,8 @@ def test_a_good_model_passes_and_the_pushed_bytes_are_the_validated_ones(full_ru
     for name in ("tf_serving_warmup_requests", "model_card.html", "model_card.md"):
         assert (served / "assets.extra" / name).read_bytes() == (validated / "assets.extra" / name).read_bytes()
     assert not (run_dir / "export" / ".infra-validation").exists()  # the child's scratch is gone
+    card = served / "assets.extra" / "model_card.html"
+    assert f'<a href="{card}">model card</a>' in (root / "index.html").read_text()  # linked from the index
 
 
 def test_the_clean_process_ignores_our_path_and_leaves_no_temp_file(canary, monkeypatch, tmp_path):
@@ -105,7 +107,7 @@ def test_truncated_variables_are_refused(canary, tmp_path):
     assert record["passed"] is False
     assert record["tries"] == 1  # a verdict, not a timeout: not tried again
     assert record["attempts"][0]["stage"] == "load"
-    assert record["reason"].startswith("tf.saved_model.load failed: ")
+    assert record["reason"] == "tf.saved_model.load failed: Read less bytes than requested"
 
 
 def test_a_signature_with_the_wrong_dtype_is_refused(canary, tmp_path):
@@ -162,7 +164,8 @@ def test_a_model_that_loads_here_but_not_in_a_clean_process_is_refused_and_not_p
     assert record["verified"]["max_abs_diff"] < 1e-5  # this process loaded it and got the right answers
     infra = json.loads((tmp_path / "exported" / "infra_validation.json").read_text())
     assert infra["passed"] is False and infra["attempts"][0]["stage"] == "warmup"
-    assert infra["reason"].startswith("warm-up request 1 failed: ")
+    assert infra["reason"].startswith("warm-up request 1 failed: graph execution error at node EagerPyFunc: "
+                                      "ValueError: Could not find callback with key=pyfunc_")
     assert record["pushed"] is False and record["blessed"] is True
     assert record["not_pushed_because"] == [f"infra validation failed: {infra['reason']}"]
     assert record["infra_validation"]["passed"] is False
