@@ -207,3 +207,22 @@ def test_a_pushed_version_carries_its_model_card_with_outside_text_escaped(full_
     assert "data:image/png;base64," in html  # the confusion matrix, embedded
     [row] = serving.listing(base / "mnist")
     assert row["model_card"] == "1/assets.extra/model_card.html"
+
+
+def test_the_run_report_says_why_a_blessed_model_was_not_pushed(full_run, tmp_path):
+    from pipeline import lineage
+    from pipeline.report import build_report
+
+    root = tmp_path / "artifacts"
+    shutil.copytree(full_run[0], root)
+    run_dir = root / "runs" / full_run[1].name
+    manifest_path = run_dir / "export" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    reason = f"{infra_validator.REFUSED}: loading the SavedModel took longer than 60s {HOSTILE}"
+    manifest["result"].update(pushed=False, not_pushed_because=[reason])
+    manifest["result"].pop("version")
+    manifest_path.write_text(json.dumps(manifest))
+    html = build_report(run_dir).read_text()
+    assert "blessed</b>, not pushed." in html
+    assert "&bull; infra validation failed: loading the SavedModel took longer than 60s &lt;img src=x" in html
+    assert lineage.show_run(run_dir)["components"]["export"]["results"]["not_pushed_because"] == [reason]
