@@ -5,7 +5,9 @@ only the code it runs: `records` (the TFRecord formats, their writers and reader
 architectures, compiled), `training_data` (training's batch stream), `callbacks` (training's
 Keras callbacks), `distribute` (tf.distribute strategies by name, and the Keras patch they
 need), `client` (a SavedModel called as a serving client calls it), `serving` (the TF
-Serving directory layout), `digits` (user images to MNIST form)."""
+Serving directory layout), `infra_validator` (what will be pushed, loaded and called by a
+clean process), `model_card` (the card each served version carries), `digits` (user images
+to MNIST form)."""
 
 import os
 

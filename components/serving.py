@@ -20,6 +20,7 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 PUSH_RECORD = Path("assets.extra") / "push.json"
+MODEL_CARD = Path("assets.extra") / "model_card.html"  # written by export (components/model_card.py)
 LOCK = ".{}.push.lock"  # beside the model base, for the model named in {}: its folder holds only versions
 LOCK_TIMEOUT_S = 120  # a push holds the lock for the copy of one SavedModel
 ANY_BASELINE = object()  # push() without a blessing to check (a rollback)
@@ -235,10 +236,12 @@ def rollback(model_base: Path, version: int | None = None) -> int:
 
 
 def listing(model_base: Path) -> list[dict]:
-    """One row per published version, oldest first, the served one marked current."""
+    """One row per published version, oldest first, the served one marked current; `model_card`
+    is the card's path relative to the model base, when the version has one."""
     current = current_version(model_base)
     return [
         {**read_push_record(model_base, v), "version": v, "current": v == current,
-         "broken": broken(Path(model_base) / str(v))}
+         "broken": broken(Path(model_base) / str(v)),
+         **({"model_card": f"{v}/{MODEL_CARD.as_posix()}"} if (Path(model_base) / str(v) / MODEL_CARD).is_file() else {})}
         for v in versions(model_base)
     ]

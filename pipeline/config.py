@@ -120,6 +120,47 @@ class Export(_Section):
     # One plain folder name: `..` or `.` would push outside the serving root, or into it.
     model_name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
     verify_examples: int = Field(ge=1)
+    # Infra validation (components/infra_validator.py): a clean process loads what will be pushed.
+    infra_load_timeout_s: float = Field(gt=0.0, le=3600.0)
+    infra_tries: int = Field(ge=1, le=10)
+    infra_latency_requests: int = Field(ge=1, le=10000)
+
+
+class Smtp(_Section):
+    host: str  # "" = no mail
+    port: int = Field(ge=1, le=65535)
+    sender: str
+    recipients: list[str]
+    starttls: bool
+
+    @model_validator(mode="after")
+    def _complete(self) -> "Smtp":
+        for value in (self.host, self.sender, *self.recipients):
+            if any(ord(c) < 32 or ord(c) == 127 for c in value):  # a header or command of its own
+                raise ValueError(f"notify.smtp value {value!r} holds a newline or a control character")
+        if self.host:
+            if "@" not in self.sender:
+                raise ValueError("notify.smtp.sender must be a mail address when notify.smtp.host is set")
+            if not self.recipients or any("@" not in r for r in self.recipients):
+                raise ValueError("notify.smtp.recipients must list mail addresses when notify.smtp.host is set")
+        return self
+
+
+class Notify(_Section):
+    on: Literal["failure", "push", "always"]
+    webhook: str  # "" = none (or MNIST_PIPELINE_WEBHOOK_URL, read by pipeline/notify.py)
+    timeout_s: float = Field(gt=0.0, le=300.0)
+    smtp: Smtp
+
+    @field_validator("webhook")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        from pipeline.notify import url_problem
+
+        problem = url_problem(url) if url else None
+        if problem:
+            raise ValueError(problem)
+        return url
 
 
 class Infer(_Section):
@@ -147,6 +188,7 @@ class Config(_Section):
     infer: Infer
     nightly: Nightly
     retention: Retention
+    notify: Notify
 
 
 def _apply_override(tree: dict, assignment: str) -> None:

@@ -191,6 +191,9 @@ def _export(cfg: Config, ctx: RunContext, upstream: dict) -> tuple[dict, dict]:
         "serving_root": str(ctx.model_base.parent),
         "model_name": cfg.export.model_name,
         "verify_examples": cfg.export.verify_examples,
+        "infra_load_timeout_s": cfg.export.infra_load_timeout_s,
+        "infra_tries": cfg.export.infra_tries,
+        "infra_latency_requests": cfg.export.infra_latency_requests,
         "push_record": {"run": ctx.run_id, "model_fingerprint": upstream["model"].fingerprint},
     }
     # The configured destination, not its resolved path (which moves with the artifacts

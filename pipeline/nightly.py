@@ -18,6 +18,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
+from pipeline import notify
 from pipeline.config import Config
 from pipeline.graph import STEPS
 from pipeline.lineage import result
@@ -67,6 +68,7 @@ def nightly(cfg: Config, artifacts: Path) -> tuple[int, dict]:
             with open(run_dir / "run.log", "a") as run_log:  # the night's last word, beside its events
                 run_log.write(f"{now()} INFO pipeline: {line}\n")
         print(line, flush=True)
+        notify.send(cfg.notify, summary, line)  # never raises: an undelivered alert is a warning line
         return (1 if error else 0), summary
 
 

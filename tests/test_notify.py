@@ -1,0 +1,185 @@
+"""Alerts from the nightly: a loopback webhook and a local SMTP server the tests start themselves."""
+import email
+import email.policy
+import json
+import logging
+import queue
+import shutil
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult
+
+from conftest import small_overrides
+from pipeline import notify
+from pipeline.config import ConfigError, load_config
+from pipeline.nightly import nightly
+
+WAIT_S = 30  # bounded: a notification that never comes fails the test, it does not hang it
+FAIL = {"validation.min_examples": 100000}  # the night stops at validate, in seconds
+
+
+@pytest.fixture
+def store(full_run, tmp_path):
+    root = tmp_path / "artifacts"
+    shutil.copytree(full_run[0], root)
+    return root
+
+
+@pytest.fixture
+def webhook():
+    """A loopback HTTP server; yields (url, queue of (path, JSON body))."""
+    received: queue.Queue = queue.Queue()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.put((self.path, self.headers["Content-Type"], json.loads(body)))
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/hooks/T000/secret", received
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def closed_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # nothing listens there once the socket is closed
+
+
+@pytest.fixture
+def smtp_server():
+    """A local SMTP server (aiosmtpd) that accepts any login; yields (port, mails, logins)."""
+    mails, logins = queue.Queue(), []
+
+    class Handler:
+        async def handle_DATA(self, server, session, envelope):
+            mails.put((envelope.mail_from, envelope.rcpt_tos, envelope.content.decode()))
+            return "250 OK"
+
+    def authenticator(server, session, envelope, mechanism, auth_data):
+        logins.append((auth_data.login.decode(), auth_data.password.decode()))
+        return AuthResult(success=True)
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    controller = Controller(Handler(), hostname="127.0.0.1", port=port, authenticator=authenticator,
+                            auth_require_tls=False)
+    controller.start()
+    yield port, mails, logins
+    controller.stop()
+
+
+def _notify_warnings(caplog):
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and r.getMessage().startswith("notify")]
+
+
+def test_a_failing_nightly_posts_the_run_and_its_error(store, tfds_dir, webhook, capsys):
+    url, received = webhook
+    status, summary = nightly(load_config(small_overrides(tfds_dir, **FAIL, **{"notify.webhook": url})), store)
+    assert status == 1 and summary["status"] == "failed"
+    path, content_type, body = received.get(timeout=WAIT_S)
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert path == "/hooks/T000/secret" and content_type == "application/json"
+    assert body["text"] == line and line.startswith(f"nightly failed: run {summary['run_id']}")
+    assert body["event"] == "failure" and body["run_id"] == summary["run_id"]
+    assert body["error"] == summary["error"] and "data validation failed" in body["error"]
+    assert {k: body[k] for k in summary} == json.loads(json.dumps(summary))  # every field of the summary
+
+
+def test_a_pushing_nightly_posts_and_mails_when_configured_for_push(store, tfds_dir, webhook, smtp_server,
+                                                                    monkeypatch):
+    url, received = webhook
+    port, mails, logins = smtp_server
+    shutil.rmtree(store / "serving")  # nothing served now, and a new export setting: the cached model is pushed
+    monkeypatch.setenv(notify.SMTP_USER_ENV, "pipeline")
+    monkeypatch.setenv(notify.SMTP_PASSWORD_ENV, "s3cret")
+    cfg = load_config(small_overrides(tfds_dir, **{
+        "export.infra_latency_requests": 20, "notify.on": "push", "notify.webhook": url, "notify.smtp.host": "127.0.0.1", "notify.smtp.port": port,
+        "notify.smtp.sender": "pipeline@example.com", "notify.smtp.recipients": "[ops@example.com, ml@example.com]",
+        "notify.smtp.starttls": "false"}))
+    status, summary = nightly(cfg, store)
+    assert status == 0 and summary["pushed"] == 1
+    _, _, body = received.get(timeout=WAIT_S)
+    assert body["event"] == "push" and body["pushed"] == 1 and "pushed version 1" in body["text"]
+    sender, recipients, content = mails.get(timeout=WAIT_S)
+    assert sender == "pipeline@example.com" and recipients == ["ops@example.com", "ml@example.com"]
+    mail = email.message_from_string(content, policy=email.policy.default)
+    assert mail["Subject"] == f"MNIST nightly: pushed version 1 (run {summary['run_id']})"
+    text = mail.get_content().replace("\r\n", "\n")
+    assert text.startswith(body["text"] + "\n\n") and json.loads(text.split("\n\n", 1)[1])["pushed"] == 1
+    assert logins == [("pipeline", "s3cret")]  # from the environment; the configuration has no credentials
+    assert "s3cret" not in json.dumps(cfg.model_dump())
+
+
+def test_a_night_that_is_not_asked_for_sends_nothing(store, tfds_dir, webhook):
+    url, received = webhook
+    status, summary = nightly(load_config(small_overrides(tfds_dir, **{"notify.webhook": url})), store)
+    assert status == 0 and summary["status"] == "succeeded"  # nothing new: on=failure says nothing
+    with pytest.raises(queue.Empty):
+        received.get(timeout=1)
+
+
+def test_an_unreachable_webhook_is_logged_and_the_exit_status_stays(store, tfds_dir, closed_port, caplog):
+    url = f"http://127.0.0.1:{closed_port}/hooks/T000/secret"
+    with caplog.at_level(logging.WARNING, logger="pipeline"):
+        failed, _ = nightly(load_config(small_overrides(tfds_dir, **FAIL, **{"notify.webhook": url})), store)
+        worked, _ = nightly(load_config(small_overrides(tfds_dir, **{"notify.webhook": url, "notify.on": "always"})),
+                            store)
+    assert (failed, worked) == (1, 0)  # what they are without a webhook
+    warnings = _notify_warnings(caplog)
+    assert len(warnings) == 2 and all(w.startswith(f"notify: the webhook http://127.0.0.1:{closed_port} was not "
+                                                   f"reached (ConnectionRefusedError") for w in warnings)
+    assert not any("secret" in w for w in warnings)  # the path of a Slack URL is its secret
+
+
+def test_mail_that_cannot_go_is_one_warning(smtp_server, caplog):
+    port, mails, _ = smtp_server
+    cfg = load_config(["notify.on=always", "notify.smtp.host=127.0.0.1", f"notify.smtp.port={port}",
+                       "notify.smtp.sender=p@example.com", "notify.smtp.recipients=[o@example.com]",
+                       "notify.smtp.starttls=true"]).notify  # the server offers no STARTTLS
+    summary = {"run_id": "r", "status": "succeeded", "pushed": None, "push_decision": "not pushed: ..."}
+    with caplog.at_level(logging.WARNING, logger="pipeline"):
+        assert notify.send(cfg, summary, "nightly succeeded: run r") == []
+    [warning] = _notify_warnings(caplog)
+    assert warning.startswith(f"notify: no mail went to o@example.com via 127.0.0.1:{port} (SMTPNotSupportedError")
+    assert mails.empty()
+
+
+def test_which_nights_are_told():
+    failed = {"status": "failed", "pushed": None, "push_decision": "not pushed: the run failed (...)"}
+    pushed = {"status": "succeeded", "pushed": 3, "push_decision": "pushed version 3"}
+    refused = {"status": "succeeded", "pushed": None,
+               "push_decision": "not pushed: infra validation failed: loading the SavedModel took longer than 60s"}
+    quiet = {"status": "succeeded", "pushed": None, "push_decision": "not pushed: nothing changed since run x"}
+    table = {on: [notify.wanted(on, s) for s in (failed, pushed, refused, quiet)] for on in ("failure", "push", "always")}
+    assert table == {"failure": [True, False, True, False], "push": [True, True, True, False],
+                     "always": [True, True, True, True]}
+    from components.infra_validator import REFUSED
+    assert REFUSED == notify.INFRA_REFUSED
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("notify.webhook=file:///etc/passwd", "scheme is 'file'"),
+    ("notify.webhook=http:///no-host", "with a host"),
+    ("notify.webhook=https://h:99999/x", "http:// or https:// URL"),
+    ("notify.on=sometimes", "notify.on"),
+    ("notify.smtp.host=mail.example.com", "notify.smtp.sender must be a mail address"),
+])
+def test_notify_settings_are_checked_before_anything_runs(setting, message):
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.").replace("/", "/")):
+        load_config([setting])
