@@ -12,6 +12,7 @@ import base64
 import io
 import json
 import logging
+import os
 from pathlib import Path
 
 import jinja2
@@ -140,6 +141,8 @@ def build_index(artifacts: Path, model_base: Path) -> Path:
     versions = list(reversed(serving.listing(model_base))) if Path(model_base).is_dir() else []
     for version in versions:
         version["report"] = reports.get(version.get("run"))
+        if version.get("model_card"):  # relative, so the index opens from disk or over HTTP alike
+            version["model_card"] = Path(os.path.relpath(Path(model_base) / version["model_card"], artifacts)).as_posix()
     html = TEMPLATES.get_template("index.html.j2").render(runs=runs, versions=versions, model_base=str(model_base))
     return write_atomic(Path(artifacts) / "index.html", html.encode())
 

@@ -1,5 +1,6 @@
 """Infra validation: what is pushed is first loaded and called by a clean process (TensorFlow only)."""
 import json
+import sys
 import shutil
 import tempfile
 from pathlib import Path
@@ -38,7 +39,9 @@ def test_a_good_model_passes_and_the_pushed_bytes_are_the_validated_ones(full_ru
     assert all(c["max_abs_diff"] <= export_component.TOLERANCE and c["classes_differ"] == 0 for c in record["canaries"])
     # The clean process saw the standard library and site-packages, no checkout and no project module.
     assert record["sys_path"][-1] == infra_validator.site_packages()
-    assert not any(Path(p).resolve().is_relative_to(REPO) for p in record["sys_path"] if p)
+    venv = Path(sys.prefix).resolve()  # may itself lie in the checkout (.venv), as in CI
+    assert not any(Path(p).resolve().is_relative_to(REPO) and not Path(p).resolve().is_relative_to(venv)
+                   for p in record["sys_path"] if p)
 
     exported = json.loads((run_dir / "export" / "export.json").read_text())
     manifest = json.loads((run_dir / "export" / "manifest.json").read_text())
@@ -56,8 +59,8 @@ def test_a_good_model_passes_and_the_pushed_bytes_are_the_validated_ones(full_ru
     for name in ("tf_serving_warmup_requests", "model_card.html", "model_card.md"):
         assert (served / "assets.extra" / name).read_bytes() == (validated / "assets.extra" / name).read_bytes()
     assert not (run_dir / "export" / ".infra-validation").exists()  # the child's scratch is gone
-    card = served / "assets.extra" / "model_card.html"
-    assert f'<a href="{card}">model card</a>' in (root / "index.html").read_text()  # linked from the index
+    # Linked from the index, relative to it: it opens from disk or over HTTP alike.
+    assert '<a href="serving/mnist/1/assets.extra/model_card.html">model card</a>' in (root / "index.html").read_text()
 
 
 def test_the_clean_process_ignores_our_path_and_leaves_no_temp_file(canary, monkeypatch, tmp_path):
@@ -70,7 +73,9 @@ def test_the_clean_process_ignores_our_path_and_leaves_no_temp_file(canary, monk
     record = infra_validator.validate(saved_model, images, expected, batch_sizes=(1, 16), latency_requests=10,
                                       scratch=None)
     assert record["passed"], record["reason"]
-    assert not any(Path(p).resolve().is_relative_to(REPO) for p in record["sys_path"] if p)
+    venv = Path(sys.prefix).resolve()  # may itself lie in the checkout (.venv), as in CI
+    assert not any(Path(p).resolve().is_relative_to(REPO) and not Path(p).resolve().is_relative_to(venv)
+                   for p in record["sys_path"] if p)
     assert list(system_temp.iterdir()) == []
     assert not (saved_model.parent / ".infra-validation").exists()
 
@@ -225,4 +230,4 @@ def test_the_run_report_says_why_a_blessed_model_was_not_pushed(full_run, tmp_pa
     html = build_report(run_dir).read_text()
     assert "blessed</b>, not pushed." in html
     assert "&bull; infra validation failed: loading the SavedModel took longer than 60s &lt;img src=x" in html
-    assert lineage.show_run(run_dir)["components"]["export"]["results"]["not_pushed_because"] == [reason]
+    assert lineage.show_run(root, run_dir.name)["components"]["export"]["results"]["not_pushed_because"] == [reason]
