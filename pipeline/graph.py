@@ -224,7 +224,7 @@ STEPS: dict[str, Step] = {
                     "confusion_matrix_errors.png": "confusion_matrix_errors.png",
                     "worst_misclassified.png": "worst_misclassified.png"}),
         Step("export", "exported", {"model": "train", "evaluation": "evaluate", "examples": "ingest"}, _export,
-             _picked("pushed", "version", "not_pushed_because", "already_served")),
+             _picked("pushed", "version", "not_pushed_because", "already_served", "infra_validation")),
     )
 }
 
