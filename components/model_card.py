@@ -64,6 +64,7 @@ def facts(*, model: Path, evaluation: Path, examples: Path, push_record: dict, m
     metrics = _json(evaluation / "metrics.json")
     matrix = _json(evaluation / "confusion_matrix.json").get("counts") or []
     picture = evaluation / "confusion_matrix_errors.png"
+    blessing = _json(evaluation / "blessing.json")
     return {
         "model_name": model_name,
         "run": push_record.get("run"),
@@ -75,8 +76,11 @@ def facts(*, model: Path, evaluation: Path, examples: Path, push_record: dict, m
         "per_class": per_class,
         "macro": report.get("macro avg"),
         "worst_confusions": worst_confusions(matrix),
-        "slices": metrics.get("slices") or {},
-        "blessing": _json(evaluation / "blessing.json"),
+        # Named slices besides the test split (the users' held-out images), both models on the same images.
+        "slices": {name: {"images": s["candidate"].get("examples"), "accuracy": round(s["candidate"]["accuracy"], 4),
+                          "served accuracy": round(s["baseline"]["accuracy"], 4) if s.get("baseline") else "-"}
+                   for name, s in (blessing.get("slices") or {}).items() if name != "test"},
+        "blessing": blessing,
         "versions": _versions(),
         "errors_png": ("data:image/png;base64," + base64.b64encode(picture.read_bytes()).decode())
         if picture.is_file() else None,

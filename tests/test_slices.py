@@ -68,6 +68,9 @@ def test_a_night_with_extra_images_reports_the_users_slice_for_both_models(full_
     line = (root / "runs" / summary["run_id"] / "run.log").read_text().splitlines()[-1]
     assert f"users slice {users['accuracy']:.2%} vs served {users['served_accuracy']:.2%}" in line
     assert "Slices" in (root / "runs" / summary["run_id"] / "report.html").read_text()
+    assert summary["pushed"] == 2  # and the served version's model card gives the slice
+    card = (root / "serving" / "mnist" / "2" / "assets.extra" / "model_card.md").read_text()
+    assert "users" in card and f"{users['accuracy']:.4f}".rstrip("0") in card
 
 
 @pytest.fixture
