@@ -22,13 +22,19 @@ SCALED_FEATURES = {
 }
 
 
+def _serialized(feature: dict) -> bytes:
+    # A tf.train.Example's features are a protobuf map, written in an order that changes from
+    # process to process unless asked otherwise: the same example then has other bytes, and two
+    # runs of one step over the same data would make different files.
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString(deterministic=True)
+
+
 def serialize_example(image, label) -> bytes:
     """A raw example: `image` as its uint8 bytes."""
-    feature = {
+    return _serialized({
         "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[bytes(image)])),
         "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)])),
-    }
-    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+    })
 
 
 def parse_example(record: bytes):
@@ -61,11 +67,10 @@ def read_examples(examples: Path, split: str):
 def serialize_scaled(example: tuple[np.ndarray, int]) -> bytes:
     """A scaled example from (float32 image, label)."""
     image, label = example
-    feature = {
+    return _serialized({
         "image": tf.train.Feature(float_list=tf.train.FloatList(value=image.ravel())),
         "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
-    }
-    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+    })
 
 
 def parse_scaled(records):
