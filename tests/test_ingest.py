@@ -1,4 +1,5 @@
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -136,3 +137,19 @@ def test_offline_without_a_mirror_fails_at_once_naming_manual_dir(tmp_path, monk
     assert error.startswith("error: ingest failed: mnist could not be downloaded: storage.googleapis.com is unreachable")
     assert "MANUAL_DIR=" in error and "ingest.manual_dir" in error
     assert not (tmp_path / "tfds" / "downloads").exists()  # TFDS never started its retries
+
+
+def test_an_example_has_the_same_bytes_in_every_process():
+    """The early cutoff compares outputs made by different processes: a record's bytes must not
+    follow the process (a protobuf map's order did, with the hash seed)."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    probe = ("import hashlib, sys, numpy as np; from components.records import serialize_example, serialize_scaled; "
+             "sys.stdout.write(hashlib.sha256(serialize_example(bytes(range(256)) * 3 + bytes(16), 7)"
+             " + serialize_scaled((np.linspace(0, 1, 784, dtype=np.float32), 3))).hexdigest())")
+    digests = {subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "PYTHONHASHSEED": str(seed)}).stdout for seed in (1, 3, 5)}
+    assert len(digests) == 1 and len(next(iter(digests))) == 64
