@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import base64
 import json
-import platform
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 
 import jinja2
+
+from components.versions import versions_of
 
 HTML, MARKDOWN = "model_card.html", "model_card.md"
 PACKAGES = ("mnist-pipeline", "tensorflow", "keras", "numpy", "tensorflow-datasets", "apache-beam", "scikit-learn",
@@ -36,16 +36,6 @@ def _json(path: Path) -> dict:
         return json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return {}
-
-
-def _versions() -> dict[str, str]:
-    found = {"python": platform.python_version()}
-    for package in PACKAGES:
-        try:
-            found[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            pass
-    return found
 
 
 def worst_confusions(counts: list[list[int]], n: int = WORST_CONFUSIONS) -> list[dict]:
@@ -81,7 +71,7 @@ def facts(*, model: Path, evaluation: Path, examples: Path, push_record: dict, m
                           "served accuracy": round(s["baseline"]["accuracy"], 4) if s.get("baseline") else "-"}
                    for name, s in (blessing.get("slices") or {}).items() if name != "test"},
         "blessing": blessing,
-        "versions": _versions(),
+        "versions": versions_of(PACKAGES),
         "errors_png": ("data:image/png;base64," + base64.b64encode(picture.read_bytes()).decode())
         if picture.is_file() else None,
     }

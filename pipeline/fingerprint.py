@@ -12,11 +12,11 @@ import ast
 import hashlib
 import importlib.util
 import json
-import platform
 import struct
 from functools import lru_cache
-from importlib import metadata
 from pathlib import Path
+
+from components.versions import versions_of
 
 ROOT = Path(__file__).resolve().parents[1]  # the project: components/ and pipeline/ live here
 PROJECT_PACKAGES = ("components", "pipeline")
@@ -70,13 +70,7 @@ def code_digest(module: str, root: Path | None = None) -> str:
 
 @lru_cache(maxsize=1)
 def package_versions() -> dict[str, str]:
-    found = {"python": platform.python_version()}
-    for package in PACKAGES:
-        try:
-            found[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            pass
-    return found
+    return versions_of(PACKAGES)
 
 
 def fingerprint(code: str, key: dict, inputs: dict[str, str], versions: dict[str, str]) -> str:

@@ -55,3 +55,13 @@ def full_run(tmp_path_factory, tfds_dir):
     root = tmp_path_factory.mktemp("artifacts")
     cfg = load_config(small_overrides(tfds_dir))
     return root, run(cfg, root), cfg
+
+
+@pytest.fixture
+def store(full_run, tmp_path):
+    """A copy of the session's artifacts root: one whole run, version 1 served."""
+    import shutil
+
+    root = tmp_path / "artifacts"
+    shutil.copytree(full_run[0], root)
+    return root

@@ -12,14 +12,6 @@ from pipeline.graph import STEPS
 from pipeline.runner import run
 
 
-@pytest.fixture
-def store(full_run, tmp_path):
-    """A copy of the session's artifacts root: one whole run, version 1 served."""
-    root = tmp_path / "artifacts"
-    shutil.copytree(full_run[0], root)
-    return root
-
-
 def _statuses(run_dir):
     return {name: c["status"] for name, c in json.loads((run_dir / "run.json").read_text())["components"].items()}
 

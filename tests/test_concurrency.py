@@ -53,13 +53,6 @@ def child_processes():
             child.wait()
 
 
-@pytest.fixture
-def store(full_run, tmp_path):
-    root = tmp_path / "artifacts"
-    shutil.copytree(full_run[0], root)
-    return root
-
-
 def test_a_stale_blessing_never_replaces_the_model_pushed_meanwhile(store, tfds_dir, child_processes):
     shutil.rmtree(store / "serving")  # nothing served: both runs are judged against no baseline
     # The reproduction: a poor model, blessed on min_accuracy alone, paused on its way to the push.

@@ -17,13 +17,6 @@ HOSTILE = "$(touch pwned) <img src=x>.jpg"
 
 
 @pytest.fixture
-def store(full_run, tmp_path):
-    root = tmp_path / "artifacts"
-    shutil.copytree(full_run[0], root)
-    return root
-
-
-@pytest.fixture
 def inbox(full_run, tmp_path):
     """Test digits photographed as users do, a corrupt picture, a note, and a hostile name."""
     images, _ = read_examples(full_run[1] / "ingest", "test")

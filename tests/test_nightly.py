@@ -1,7 +1,6 @@
 """The nightly as cron runs it: a real process, killed or doubled up, over a slice of MNIST."""
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -10,7 +9,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 from filelock import FileLock, Timeout
 from PIL import Image
 
@@ -42,13 +40,6 @@ def _locked(root) -> bool:
         return False
     except Timeout:
         return True
-
-
-@pytest.fixture
-def store(full_run, tmp_path):
-    root = tmp_path / "artifacts"
-    shutil.copytree(full_run[0], root)
-    return root
 
 
 def _temp_entries() -> set[str]:

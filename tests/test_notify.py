@@ -23,13 +23,6 @@ FAIL = {"validation.min_examples": 100000}  # the night stops at validate, in se
 
 
 @pytest.fixture
-def store(full_run, tmp_path):
-    root = tmp_path / "artifacts"
-    shutil.copytree(full_run[0], root)
-    return root
-
-
-@pytest.fixture
 def webhook():
     """A loopback HTTP server; yields (url, queue of (path, JSON body))."""
     received: queue.Queue = queue.Queue()
