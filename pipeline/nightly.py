@@ -52,7 +52,8 @@ def nightly(cfg: Config, artifacts: Path) -> tuple[int, dict]:
         except Exception as err:  # the summary still gets written; the exit status says it broke
             error = error_line(err)
             log.error("nightly: the run failed: %s", error)
-            run_dir = store.runs()[-1].path if store.runs() else None
+            runs = store.runs()
+            run_dir = runs[-1].path if runs else None
         inference = None
         if cfg.nightly.infer_dir and not error:
             inference, error = _score_inbox(cfg, artifacts)

@@ -128,9 +128,9 @@ def _finished_backups(store: ArtifactStore) -> list[Path]:
     trained = {read_json(m).get("fingerprint") for name in resumable for m in store.runs_dir.glob(f"*/{name}/{MANIFEST}")}
     found = []
     for fp in sorted(trained & {p.name.removesuffix(".lock") for p in backups.iterdir()}):
-        lock = backups / f"{fp}.lock"
+        lock = store.backup_lock(fp)
         if _free(lock):
-            found += [p for p in (backups / fp, lock) if p.exists()]
+            found += [p for p in (store.backup_dir(fp), lock) if p.exists()]
     return found
 
 

@@ -158,7 +158,7 @@ def _backup_for(step: Step, store: ArtifactStore, fp: str):
         return
     folder = store.backup_dir(fp)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(folder.with_name(f"{fp}.lock"))
+    lock = FileLock(store.backup_lock(fp))
     try:
         lock.acquire(timeout=0)
     except Timeout:

@@ -193,12 +193,18 @@ class ArtifactStore:
     def backup_dir(self, fingerprint: str) -> Path:
         return self.backups_dir / fingerprint
 
-    def runs(self) -> list[Run]:
-        """Every run with a record, oldest first (run ids sort by start time)."""
+    def backup_lock(self, fingerprint: str) -> Path:
+        """Held by the one process that trains into `backup_dir(fingerprint)`."""
+        return self.backups_dir / f"{fingerprint}.lock"
+
+    def _run_dirs(self) -> list[Path]:
         if not self.runs_dir.is_dir():
             return []
-        return [Run(p, read_json(p / RUN_RECORD)) for p in sorted(self.runs_dir.iterdir())
-                if not p.name.startswith(".") and (p / RUN_RECORD).is_file()]
+        return [p for p in sorted(self.runs_dir.iterdir()) if not p.name.startswith(".") and (p / RUN_RECORD).is_file()]
+
+    def runs(self) -> list[Run]:
+        """Every run with a record, oldest first (run ids sort by start time)."""
+        return [Run(p, read_json(p / RUN_RECORD)) for p in self._run_dirs()]
 
     def run(self, run_id: str) -> Run:
         path = self.runs_dir / run_id
@@ -238,12 +244,12 @@ class ArtifactStore:
 
     def _outputs(self, component: str):
         """(run id, output, manifest) of every whole output of `component`, newest first."""
-        for run in reversed(self.runs()):
-            path = run.path / component
+        for run_dir in reversed(self._run_dirs()):  # the manifests, not the run records
+            path = run_dir / component
             if (path / MANIFEST).is_file():
                 manifest = read_manifest(path / MANIFEST)
                 if manifest and manifest.get("status") == "succeeded":
-                    yield run.id, path, manifest
+                    yield run_dir.name, path, manifest
 
     def latest(self, component: str) -> Artifact | None:
         """The newest whole output of `component`, from any run."""
