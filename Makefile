@@ -8,7 +8,7 @@ ARGS ?=
 MANUAL_DIR ?=
 OFFLINE := $(if $(MANUAL_DIR),--set ingest.manual_dir=$(MANUAL_DIR))
 
-.PHONY: help install pipeline component test models nightly bench-models bench-train bench-cache bench-scale bench-user-images bench-infer clean
+.PHONY: help install pipeline component test models nightly bench-models bench-accuracy bench-train bench-cache bench-scale bench-user-images bench-infer clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -42,6 +42,9 @@ clean: ## remove run output (artifacts/) but keep the environment
 
 bench-models: install ## train every preset on full MNIST; table + artifacts/benchmarks/models/models.json
 	$(PY) -m benchmarks.models $(OFFLINE) $(ARGS)
+
+bench-accuracy: install ## the default model with 3 seeds on full MNIST: per seed epochs, seconds, accuracy; mean and min
+	$(PY) -m benchmarks.models --presets best --seeds 1 2 3 --artifacts artifacts/benchmarks/accuracy $(OFFLINE) $(ARGS)
 
 bench-train: install ## training speed on full MNIST vs model.fit on NumPy: make bench-train [ARGS='--presets best --epochs 3']
 	$(PY) -m benchmarks.train $(OFFLINE) $(ARGS)
