@@ -1,18 +1,45 @@
 import json
 
+import keras
 import numpy as np
 import tensorflow as tf
+
+from conftest import small_overrides
 
 from components.records import read_examples
 
 
 def test_saved_model_serves_raw_uint8_with_the_evaluated_accuracy(full_run):
     root, run_dir, _ = full_run
+    _assert_serves_the_test_slice(root, run_dir)
+
+
+def test_the_default_model_exports_and_serves_with_the_same_signature(tmp_path, tfds_dir):
+    """`best` (an ensemble of towers in one graph) through the pipeline: two short epochs on the
+    slice, blessed whatever it scores, since what is checked here is the serving."""
+    from pipeline.config import load_config
+    from pipeline.runner import run
+
+    root = tmp_path / "artifacts"
+    run_dir = run(load_config(small_overrides(tfds_dir, **{"train.preset": "best", "train.epochs": 2,
+                                                                 "evaluate.min_accuracy": 0.0})), root)
+    net = keras.models.load_model(run_dir / "train" / "model.keras")
+    assert [type(l).__name__ for l in net.layers].count("RandomRotation") == 2  # both towers are served
+    _assert_serves_the_test_slice(root, run_dir)
+    assert json.loads((run_dir / "export" / "infra_validation.json").read_text())["passed"] is True
+
+
+def _assert_serves_the_test_slice(root, run_dir):
+    """The pushed SavedModel has the one signature clients know, and its answers on the test
+    slice are the ones evaluate scored."""
     saved_model = run_dir / "export" / "saved_model"
     signature = tf.saved_model.load(str(saved_model)).signatures["serving_default"]
     [spec] = signature.structured_input_signature[1].values()
     assert spec.dtype == tf.uint8 and spec.shape.as_list() == [None, 28, 28]
-    assert set(signature.structured_outputs) == {"probabilities", "classes"}
+    outputs = signature.structured_outputs
+    assert set(outputs) == {"probabilities", "classes"}
+    assert (outputs["probabilities"].dtype, outputs["probabilities"].shape.as_list()) == (tf.float32, [None, 10])
+    assert (outputs["classes"].dtype, outputs["classes"].shape.as_list()) == (tf.int64, [None])
 
     images, labels = read_examples(run_dir / "ingest", "test")
     out = signature(images=tf.constant(images))
