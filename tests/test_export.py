@@ -15,16 +15,15 @@ def test_saved_model_serves_raw_uint8_with_the_evaluated_accuracy(full_run):
 
 
 def test_the_default_model_exports_and_serves_with_the_same_signature(tmp_path, tfds_dir):
-    """`best` (an ensemble of towers in one graph) through the pipeline: two short epochs on the
-    slice, blessed whatever it scores, since what is checked here is the serving."""
+    """`best` through the pipeline: two short epochs on the slice, blessed whatever it scores,
+    since what is checked here is the serving (a change to `best` is measured by bench-accuracy)."""
     from pipeline.config import load_config
     from pipeline.runner import run
 
     root = tmp_path / "artifacts"
     run_dir = run(load_config(small_overrides(tfds_dir, **{"train.preset": "best", "train.epochs": 2,
                                                                  "evaluate.min_accuracy": 0.0})), root)
-    net = keras.models.load_model(run_dir / "train" / "model.keras")
-    assert [type(l).__name__ for l in net.layers].count("RandomRotation") == 2  # both towers are served
+    assert keras.models.load_model(run_dir / "train" / "model.keras").name == "best"
     _assert_serves_the_test_slice(root, run_dir)
     assert json.loads((run_dir / "export" / "infra_validation.json").read_text())["passed"] is True
 

@@ -42,16 +42,13 @@ def test_seed_presets_have_the_described_layers(name):
     assert net.layers[-1].activation.__name__ == "softmax"
 
 
-def test_best_is_two_towers_each_augmenting_its_own_way_and_only_in_training():
+def test_best_augments_only_in_training():
     net = build("best")
-    kinds = [type(l).__name__ for l in net.layers]
-    assert {"RandomZoom", "RandomTranslation", "BatchNormalization", "Dropout"} <= set(kinds)
-    assert kinds.count("RandomRotation") == 2 and kinds.count("Conv2D") == 14 and kinds[-2:] == ["Average", "Softmax"]
+    kinds = {type(l).__name__ for l in net.layers}
+    assert {"RandomRotation", "RandomZoom", "RandomTranslation", "BatchNormalization", "Dropout"} <= kinds
     x = np.random.default_rng(0).random((4, 28, 28, 1)).astype("float32")
     np.testing.assert_allclose(net(x, training=False), net(x, training=False))  # inference is deterministic
-    first, second = (layer(x, training=True) for layer in net.layers if isinstance(layer, keras.layers.RandomRotation))
-    assert not np.allclose(first, x)  # the augmentation does act in training
-    assert not np.allclose(first, second)  # and the towers see different views of an image
+    assert not np.allclose(net.layers[1](x, training=True), x)  # the augmentation does act in training
 
 
 @pytest.mark.parametrize("name", list(PRESETS))
