@@ -5,12 +5,11 @@
 Ingest and preprocess run once; then train and evaluate run once per preset and seed,
 each as its own pipeline run, so every number comes from the artifacts a user would get.
 With several seeds, a second table gives each preset's mean and minimum test accuracy:
-one seed's accuracy moves by a few hundredths of a percent, as much as most changes buy.
+seeds of one network spread over a tenth of a point or more, as much as most changes buy.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 from pathlib import Path
@@ -38,8 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging()
 
     # Its own artifacts root has no served model, so evaluate compares against none.
-    run(load_config(args.overrides), args.artifacts, ["ingest", "preprocess"])
-    seeds = args.seeds or [load_config(args.overrides).seed]
+    base = load_config(args.overrides)
+    run(base, args.artifacts, ["ingest", "preprocess"])
+    seeds = args.seeds or [base.seed]
     rows = []
     for preset in args.presets:
         for seed in seeds:
@@ -56,8 +56,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _row(preset: str, seed: int, run_dir: Path) -> dict:
-    training = json.loads((run_dir / "train" / "training.json").read_text())
-    metrics = json.loads((run_dir / "evaluate" / "metrics.json").read_text())
+    """One run's figures, from its train and evaluate manifests (the record of each result)."""
+    from pipeline.store import MANIFEST, read_manifest
+
+    training = read_manifest(run_dir / "train" / MANIFEST)["result"]
+    metrics = read_manifest(run_dir / "evaluate" / MANIFEST)["result"]["candidate"]
     return {
         "preset": preset, "seed": seed, "epochs_run": training["epochs_run"], "stop_reason": training["stop_reason"],
         "train_seconds": training["train_seconds"],
