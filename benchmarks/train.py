@@ -100,10 +100,10 @@ def _train_like_a_notebook(transformed: Path, cfg) -> dict:
     x, y = arrays("train")
     validation = arrays("validation")
     keras.utils.set_random_seed(cfg.seed)
-    net = compiled_model(settings, math.ceil(len(x) / settings.batch_size))
+    _, trainer = compiled_model(settings, math.ceil(len(x) / settings.batch_size))
     timer = EpochLog()
     started, cpu_started = time.perf_counter(), time.process_time()
-    history = net.fit(x, y, batch_size=settings.batch_size, epochs=settings.epochs, validation_data=validation,
+    history = trainer.fit(x, y, batch_size=settings.batch_size, epochs=settings.epochs, validation_data=validation,
                       callbacks=[timer], verbose=0)
     figures = _figures(timer.timings, time.perf_counter() - started, time.process_time() - cpu_started, len(x))
     figures.update(val_accuracy=float(history.history["val_accuracy"][-1]))

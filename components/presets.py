@@ -24,15 +24,20 @@ class Preset:
     patience: Optional[int] = None
     one_hot_labels: bool = False  # categorical instead of sparse categorical cross-entropy
     schedule: str = "constant"  # constant | warmup_cosine
+    # Train on each batch cut in this many parts that run side by side through the one network
+    # (components.models.SplitBatch); BatchNorm normalises each part by itself. Serving is unchanged.
+    batch_splits: int = 1
 
 
 PRESETS: dict[str, Preset] = {
     # No early stopping: the cosine schedule fixes the length, and its best epochs are the
     # last ones, at a small learning rate. Early stopping (val_loss, patience 4) stopped a
     # full run at epoch 10 on a lucky epoch-6 val_loss, restoring a 99.23% model.
+    # Two batch parts side by side keep the cores busier (one network on a whole batch left each
+    # core waiting on the other after every kernel): 22 epochs take ~10% longer than 18 did.
     "best": Preset(
-        "best", epochs=18, batch_size=128, optimizer="adam", learning_rate=3e-3,
-        stop="none", schedule="warmup_cosine",
+        "best", epochs=22, batch_size=128, optimizer="adam", learning_rate=3e-3,
+        stop="none", schedule="warmup_cosine", batch_splits=2,
     ),
     "seed-000": Preset(
         "seed_000", epochs=10, batch_size=32, optimizer="adam", learning_rate=1e-3,

@@ -52,16 +52,16 @@ def train(transformed: Path, model: Path, *, preset: str = "best", seed: int = 4
     val_ds, validation_steps = read_split(transformed, "validation", VALIDATION_BATCH, one_hot=settings.one_hot_labels)
 
     with distribution.scope():
-        net = compiled_model(settings, steps_per_epoch)
+        net, trainer = compiled_model(settings, steps_per_epoch)
 
     stopper, epoch_log = stop_callback(settings), EpochLog(backup)
     callbacks = [*([ProgressBar()] if sys.stderr.isatty() else []), epoch_log,
                  keras.callbacks.TensorBoard(log_dir=str(model_dir / "logs")), *(c for c in (backup, stopper) if c)]
     _log_devices(strategy, distribution, role)
     model_dir.mkdir(parents=True, exist_ok=True)
-    with distribute.fit_patch(net, train_ds, distribution):
+    with distribute.fit_patch(trainer, train_ds, distribution):
         started, cpu_started = time.perf_counter(), time.process_time()
-        fit = net.fit(
+        fit = trainer.fit(
             train_ds, validation_data=val_ds, epochs=settings.epochs, callbacks=callbacks, verbose=0,
             steps_per_epoch=steps_per_epoch, validation_steps=validation_steps,
             shuffle=False,  # tf.data already shuffles, reproducibly, with the run's seed

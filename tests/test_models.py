@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from components.models import build
+from components.models import SplitBatch, build, compiled_model
 from conftest import REPO
 from components.presets import PRESETS
 from components.preprocess import preprocess
@@ -49,6 +49,30 @@ def test_best_augments_only_in_training():
     x = np.random.default_rng(0).random((4, 28, 28, 1)).astype("float32")
     np.testing.assert_allclose(net(x, training=False), net(x, training=False))  # inference is deterministic
     assert not np.allclose(net.layers[1](x, training=True), x)  # the augmentation does act in training
+
+
+def test_split_batch_normalises_each_part_by_itself_and_trains_the_one_network():
+    norm = keras.Sequential([keras.Input((3,)), keras.layers.BatchNormalization(center=False, scale=False)])
+    split = SplitBatch(norm, 2)
+    x = np.concatenate([np.zeros((3, 3)), np.full((2, 3), 10.0)]).astype("float32")
+    x[:3, 0], x[3:, 0] = [0, 1, 2], [10, 12]  # parts of 3 and 2: the first part takes the odd image
+    np.testing.assert_allclose(split(x, training=True), np.concatenate(
+        [norm(x[:3], training=True), norm(x[3:], training=True)]), atol=1e-5)
+    assert not np.allclose(split(x, training=True), norm(x, training=True))  # not the whole batch's statistics
+    one = x[:1]  # fewer images than parts (the last batch of an epoch can be one): the batch runs whole
+    np.testing.assert_allclose(split(one, training=True), norm(one, training=True))
+    np.testing.assert_allclose(split(x, training=False), norm(x, training=False))  # inference: the network alone
+
+    net, trainer = compiled_model(resolve_settings("best"), steps_per_epoch=10)
+    assert isinstance(trainer, SplitBatch) and trainer.network is net and trainer.parts == 2
+    assert [id(w) for w in trainer.weights] == [id(w) for w in net.weights]  # no weights of its own
+    images = np.random.default_rng(0).random((5, 28, 28, 1)).astype("float32")
+    before = [w.copy() for w in net.get_weights()]
+    trainer.train_on_batch(images, np.arange(5))
+    after = net.get_weights()
+    assert all(np.isfinite(w).all() for w in after) and any(not np.array_equal(a, b) for a, b in zip(before, after))
+    net_only, trainer_only = compiled_model(resolve_settings("seed-004"), steps_per_epoch=10)
+    assert trainer_only is net_only  # batch_splits 1: the network trains itself
 
 
 @pytest.mark.parametrize("name", list(PRESETS))
@@ -198,6 +222,25 @@ def test_training_killed_mid_way_resumes_after_its_last_finished_epoch(tmp_path,
     history = json.loads((tmp_path / "model" / "history.json").read_text())
     assert len(history["accuracy"]) == 8  # the epochs before the kill are reported too
     assert not backup.exists()  # a finished training leaves no backup behind
+
+
+def test_best_resumes_its_split_batch_training_from_the_backup(tmp_path, transformed, monkeypatch):
+    from components.callbacks import Backup
+    real_end = Backup.on_epoch_end
+
+    def killed_after_the_first_backup(self, epoch, logs=None):
+        real_end(self, epoch, logs)
+        raise KeyboardInterrupt
+
+    backup = tmp_path / "backup"
+    monkeypatch.setattr(Backup, "on_epoch_end", killed_after_the_first_backup)
+    with pytest.raises(KeyboardInterrupt):
+        train(transformed, tmp_path / "killed", preset="best", epochs=2, backup_dir=backup)
+    monkeypatch.undo()
+    record = train(transformed, tmp_path / "model", preset="best", epochs=2, backup_dir=backup)
+    assert record["resumed_after_epoch"] == 1 and record["epochs_run"] == 2
+    saved = keras.models.load_model(tmp_path / "model" / "model.keras")
+    assert saved.name == "best" and not isinstance(saved, SplitBatch)  # the network is saved, not its trainer
 
 
 def test_a_backup_cut_short_by_a_full_disk_is_never_restored(tmp_path, transformed, monkeypatch):
