@@ -1,5 +1,6 @@
 """The architectures behind the presets (`components.presets`): each seed's network, and `best`, ours;
-and `compiled_model`, a preset's network compiled with its optimizer, schedule and loss.
+and `compiled_model`, a preset's network compiled with its optimizer, schedule and loss, wrapped
+in `SplitBatch` for training when the preset cuts each batch in parts (`batch_splits`).
 
 Every architecture takes scaled (28, 28, 1) images and returns class probabilities.
 """
