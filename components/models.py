@@ -125,8 +125,9 @@ class SplitBatch(keras.Model):
     One network on one batch splits every kernel over both cores, and the core done first
     waits for the other before the next kernel (profiled: 87-88% of two cores busy). Parts
     have no kernel in common until the loss, so TensorFlow runs one part's kernel while the
-    other's finishes (93%). The weights are the network's: saving and serving use `network`. A batch with fewer images than parts
-    (the last of an epoch can be one image) runs whole, so BatchNorm never sees an empty part.
+    other's finishes (93%). The weights are the network's: saving and serving use `network`.
+    A batch with fewer images than parts (the last of an epoch can be one image) runs whole,
+    so BatchNorm never sees an empty part.
     """
 
     def __init__(self, network: keras.Model, parts: int):
