@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
             run_dirs.setdefault(preset, []).append(run(config, args.artifacts, ["train", "evaluate"]))
             rows.append(_row(preset, seed, run_dirs[preset][-1]))
             print_table(rows, COLUMNS)
-    summary = [_summary(preset, [r for r in rows if r["preset"] == preset], run_dirs[preset]) for preset in args.presets]
+    summary = [_summary(p, [r for r in rows if r["preset"] == p], run_dirs[p]) for p in args.presets]
     if len(seeds) > 1:
         print_table(summary, SUMMARY_COLUMNS, "over seeds " + " ".join(map(str, seeds)))
 
