@@ -42,6 +42,12 @@ def _run_of(root, child: subprocess.Popen):
     return None
 
 
+def _log_of(run_dir) -> str:
+    """The run's log so far; the run writes run.json a moment before it opens run.log."""
+    log = run_dir / "run.log"
+    return log.read_text() if log.is_file() else ""
+
+
 @pytest.fixture
 def child_processes():
     started: list[subprocess.Popen] = []
@@ -59,7 +65,7 @@ def test_a_stale_blessing_never_replaces_the_model_pushed_meanwhile(store, tfds_
     slow = _start(store, tfds_dir, **{"train.learning_rate": 0.00002, "train.epochs": 1, "evaluate.min_accuracy": 0.05})
     child_processes.append(slow)
     slow_run = _wait_for(lambda: _run_of(store, slow), slow)
-    _wait_for(lambda: "export started" in (slow_run / "run.log").read_text(), slow)
+    _wait_for(lambda: "export started" in _log_of(slow_run), slow)
     os.kill(slow.pid, signal.SIGSTOP)
 
     fast_run = run(load_config(small_overrides(tfds_dir, seed=7, **{"train.epochs": 1})), store)
