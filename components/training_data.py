@@ -36,8 +36,9 @@ def batches(records: tf.data.Dataset, count: int, batch_size: int, *, decode=Non
     """Endless batches of `count` records, decoded batch by batch, and how many make one epoch.
 
     Each epoch is exactly one pass over the records (shuffled and batched before the
-    repeat), in a new order drawn from the seed when there is one; only `shuffle_buffer`
-    records are held at a time, whatever the split's size. One iterator serves every
+    repeat), in batches of at most `batch_size` that differ by one record at most, in a
+    new order drawn from the seed when there is one; only `shuffle_buffer` records are
+    held at a time, whatever the split's size. One iterator serves every
     epoch (Keras keeps it when given steps per epoch), and tf.data's autotuning is off:
     the destructor of a finished iterator waited on the autotuning thread for up to as
     long as the epoch had lasted, leaving both cores idle at the boundary (half of some
@@ -48,12 +49,18 @@ def batches(records: tf.data.Dataset, count: int, batch_size: int, *, decode=Non
     if shuffle_seed is not None:
         records = records.shuffle(shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=True)
     steps = math.ceil(count / batch_size)
+    # Batches as equal as the count allows, none over batch_size. Cut at batch_size, the last of
+    # an epoch can be tiny (53,764 examples in 128s left one of 4), and a step on a few images,
+    # normalised by BatchNorm over those few, has a huge loss whose gradient Adam's momentum kept
+    # pushing for the next steps: the first 30 steps of epochs 2-4 of `best` averaged a loss of
+    # 0.66/0.26/0.18 against 0.18/0.11/0.08 with equal batches.
+    sizes = [count // steps + (i < count % steps) for i in range(steps)]
     options = tf.data.Options()
     options.autotune.enabled = False
     # Under multi_worker every worker reads the same seeded stream and keeps its share of
     # each batch, so an epoch is still exactly one pass over the split, whatever the shards.
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    ds = records.batch(batch_size).repeat().skip(skip_epochs * steps)
+    ds = records.batch(batch_size).rebatch(sizes).repeat().skip(skip_epochs * steps)
     if decode is not None:
         ds = ds.map(decode)
     return ds.prefetch(PREFETCH_BATCHES).with_options(options), steps

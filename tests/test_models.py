@@ -181,7 +181,7 @@ def _epochs_of(dataset, steps_per_epoch: int, epochs: int) -> list[np.ndarray]:
 
 
 def test_every_example_is_seen_exactly_once_per_epoch_in_a_new_order():
-    n = 1000  # 7 full batches of 128 and one of 104
+    n = 1001  # 8 batches of at most 128: 125 each and one of 126, not 7 of 128 and one of 105
     images, ids = np.arange(n, dtype=np.float32).reshape(n, 1), np.arange(n)
     examples = tf.data.Dataset.from_tensor_slices((images, ids))
     dataset, steps = batches(examples, n, 128, shuffle_seed=3, shuffle_buffer=100)  # a buffer of a tenth
@@ -194,6 +194,8 @@ def test_every_example_is_seen_exactly_once_per_epoch_in_a_new_order():
     assert all(np.array_equal(a, b) for a, b in zip(epochs, again))  # the seed fixes every epoch's order
     other = _epochs_of(batches(examples, n, 128, shuffle_seed=4, shuffle_buffer=100)[0], steps, 1)
     assert not np.array_equal(other[0], epochs[0])
+    sizes = [len(labels) for _, labels in batches(examples, n, 128, shuffle_seed=3)[0].take(2 * steps)]
+    assert sizes == 2 * ([126] + [125] * 7)
     in_order = _epochs_of(batches(examples, n, 128)[0], steps, 2)  # validation: unshuffled, whole, repeated
     assert all(np.array_equal(seen, ids) for seen in in_order)
 
