@@ -59,7 +59,7 @@ def test_split_batch_normalises_each_part_by_itself_and_trains_the_one_network()
     np.testing.assert_allclose(split(x, training=True), np.concatenate(
         [norm(x[:3], training=True), norm(x[3:], training=True)]), atol=1e-5)
     assert not np.allclose(split(x, training=True), norm(x, training=True))  # not the whole batch's statistics
-    one = x[:1]  # fewer images than parts (the last batch of an epoch can be one): the batch runs whole
+    one = x[:1]  # fewer images than parts (a split of one image): the empty part's answer is dropped
     np.testing.assert_allclose(split(one, training=True), norm(one, training=True))
     np.testing.assert_allclose(split(x, training=False), norm(x, training=False))  # inference: the network alone
 
