@@ -126,9 +126,9 @@ class SplitBatch(keras.Model):
     waits for the other before the next kernel (profiled: 87-88% of two cores busy). Parts
     have no kernel in common until the loss, so TensorFlow runs one part's kernel while the
     other's finishes (93%). The weights are the network's: saving and serving use `network`.
-    A batch with fewer images than parts (the last of an epoch can be one image) would leave a
-    part empty, and BatchNorm has no statistics of nothing: such a part runs on the batch's last
-    image and its answer is dropped. No branch on the batch size: one network graph per part is
+    A batch with fewer images than parts (a split smaller than that) would leave a part empty,
+    and BatchNorm has no statistics of nothing: such a part runs on the batch's last image and
+    its answer is dropped (its BatchNorm statistics still move, as for a batch of one). No branch on the batch size: one network graph per part is
     all the first step traces (a `tf.cond` with a whole-batch branch traced a third copy: the
     first step took 10 s of one core, 4-6 s without it).
     """

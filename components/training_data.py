@@ -38,8 +38,8 @@ def batches(records: tf.data.Dataset, count: int, batch_size: int, *, decode=Non
     Each epoch is exactly one pass over the records (shuffled and batched before the
     repeat), in batches of at most `batch_size` that differ by one record at most, in a
     new order drawn from the seed when there is one; only `shuffle_buffer` records are
-    held at a time, whatever the split's size. One iterator serves every
-    epoch (Keras keeps it when given steps per epoch), and tf.data's autotuning is off:
+    held at a time, whatever the split's size. One iterator serves every epoch (Keras
+    keeps it when given steps per epoch), and tf.data's autotuning is off:
     the destructor of a finished iterator waited on the autotuning thread for up to as
     long as the epoch had lasted, leaving both cores idle at the boundary (half of some
     epochs). Reading and parsing cost a few percent of a training step, so a fixed
