@@ -128,9 +128,10 @@ class SplitBatch(keras.Model):
     other's finishes (93%). The weights are the network's: saving and serving use `network`.
     A batch with fewer images than parts (a split smaller than that) would leave a part empty,
     and BatchNorm has no statistics of nothing: such a part runs on the batch's last image and
-    its answer is dropped (its BatchNorm statistics still move, as for a batch of one). No branch on the batch size: one network graph per part is
-    all the first step traces (a `tf.cond` with a whole-batch branch traced a third copy: the
-    first step took 10 s of one core, 4-6 s without it).
+    its answer is dropped (its BatchNorm statistics still move, as for a batch of one). No
+    branch on the batch size: one network graph per part is all the first step traces (a
+    `tf.cond` with a whole-batch branch traced a third copy: the first step took 10 s of one
+    core, 4-6 s without it).
     """
 
     def __init__(self, network: keras.Model, parts: int):
