@@ -152,48 +152,6 @@ class SplitBatch(keras.Model):
         return tf.concat(answers, 0)
 
 
-def recalibrate_batchnorm(network: keras.Model, images: tf.data.Dataset) -> int:
-    """Set each BatchNorm layer's moving mean and variance to its statistics over `images` (a pass
-    of batches) as serving sees them: augmentation and dropout off; return the batches seen.
-
-    Training leaves in them the statistics of augmented images (rotated, zoomed, shifted) with
-    dropout on, which a served digit never is: recomputed on the plain training images, `best`
-    scored 0.03 points more on the test split (README, Models). Each layer normalises by its
-    batch during the pass, as in training, and its statistics are the batches' average, not
-    a moving one. The layers must form a chain, as every architecture here does.
-    """
-    chain = [layer for layer in network.layers if not isinstance(layer, keras.layers.InputLayer)]
-    for before, layer in zip(chain, chain[1:]):
-        if layer.input is not before.output:
-            raise ValueError(f"{network.name} is not a chain of layers ({layer.name} does not follow {before.name})")
-    norms = [layer for layer in chain if isinstance(layer, layers.BatchNormalization)]
-
-    @tf.function(reduce_retracing=True)
-    def batch_statistics(x):
-        statistics = []
-        for layer in chain:
-            if isinstance(layer, layers.BatchNormalization):
-                mean, variance = tf.nn.moments(x, axes=list(range(len(x.shape) - 1)))
-                statistics.append((mean, variance))
-                x = tf.nn.batch_normalization(x, mean, variance, layer.beta, layer.gamma, layer.epsilon)
-            else:
-                x = layer(x, training=False)  # augmentation and dropout: as served
-        return statistics
-
-    sums, batches = [[0.0, 0.0] for _ in norms], 0
-    for x in images:
-        for total, (mean, variance) in zip(sums, batch_statistics(x)):
-            total[0] += mean.numpy()
-            total[1] += variance.numpy()
-        batches += 1
-    if not batches:
-        raise ValueError("no images to recalibrate BatchNorm on")
-    for layer, (mean, variance) in zip(norms, sums):
-        layer.moving_mean.assign(mean / batches)
-        layer.moving_variance.assign(variance / batches)
-    return batches
-
-
 def compiled_model(settings: Preset, steps_per_epoch: int) -> tuple[keras.Model, keras.Model]:
     """A fresh network of the preset, and the model to fit: the network, or a SplitBatch of it
     (`batch_splits`), compiled with the preset's optimizer, schedule and loss."""

@@ -27,9 +27,6 @@ class Preset:
     # Train on each batch cut in this many parts that run side by side through the one network
     # (components.models.SplitBatch); BatchNorm normalises each part by itself. Serving is unchanged.
     batch_splits: int = 1
-    # After training, BatchNorm's statistics recomputed on the training images as served: not
-    # augmented, no dropout (components.models.recalibrate_batchnorm).
-    recalibrate_batchnorm: bool = False
 
 
 PRESETS: dict[str, Preset] = {
@@ -41,7 +38,6 @@ PRESETS: dict[str, Preset] = {
     "best": Preset(
         "best", epochs=22, batch_size=128, optimizer="adam", learning_rate=3e-3,
         stop="none", schedule="warmup_cosine", batch_splits=2,
-        recalibrate_batchnorm=True,
     ),
     "seed-000": Preset(
         "seed_000", epochs=10, batch_size=32, optimizer="adam", learning_rate=1e-3,

@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from components import distribute
 from components.callbacks import Backup, EpochLog, ProgressBar, stop_callback, stop_reason
-from components.models import compiled_model, recalibrate_batchnorm
+from components.models import compiled_model
 from components.presets import resolve_settings
 from components.training_data import SHUFFLE_BUFFER, read_split, split_size
 
@@ -66,9 +66,6 @@ def train(transformed: Path, model: Path, *, preset: str = "best", seed: int = 4
             steps_per_epoch=steps_per_epoch, validation_steps=validation_steps,
             shuffle=False,  # tf.data already shuffles, reproducibly, with the run's seed
         )
-        if settings.recalibrate_batchnorm:  # part of training: inside its time
-            batches = recalibrate_batchnorm(net, _plain_images(transformed, settings.batch_size))
-            log.info("BatchNorm statistics recomputed on %d batches of the training images, not augmented", batches)
         train_seconds, train_cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
     history = backup.history if backup else fit.history  # with a backup: the epochs before a resume too
     epochs_run = len(epoch_log.timings)
@@ -96,12 +93,6 @@ def train(transformed: Path, model: Path, *, preset: str = "best", seed: int = 4
     }
     (model_dir / "training.json").write_text(json.dumps(record, indent=2))
     return record
-
-
-def _plain_images(transformed: Path, batch_size: int) -> tf.data.Dataset:
-    """One pass over the training split's images, in shard order, as batches."""
-    batches, steps = read_split(transformed, "train", batch_size)
-    return batches.take(steps).map(lambda images, labels: images)
 
 
 def _backup(backup_dir: Path | None, role: dict) -> Backup | None:
