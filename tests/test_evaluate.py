@@ -1,6 +1,7 @@
 import json
 
 import numpy as np
+import pytest
 
 from components.evaluate import compute_metrics, judge
 
@@ -73,3 +74,19 @@ def test_evaluation_read_in_small_batches_matches_one_batch(full_run, tmp_path, 
                                for name in ("metrics.json", "confusion_matrix.json", "worst_misclassified.json")}
     assert results[64] == results[1000]
     assert results[64]["worst_misclassified.json"]  # a 2-epoch slice model makes mistakes to rank
+
+
+def test_benchmarks_averaged_accuracy_reads_each_model_and_refuses_other_test_splits(full_run, tmp_path):
+    from benchmarks.models import averaged_accuracy
+    from pipeline.store import MANIFEST, read_manifest
+
+    run_dir = full_run[1]
+    manifest = read_manifest(run_dir / "evaluate" / MANIFEST)
+    # One model averaged with itself answers as it does alone: evaluate's own accuracy.
+    assert averaged_accuracy([run_dir, run_dir]) == manifest["result"]["candidate"]["accuracy"]
+    other = tmp_path / "other-run"
+    (other / "evaluate").mkdir(parents=True)
+    manifest["inputs"]["examples"] = str(tmp_path / "another-ingest")
+    (other / "evaluate" / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="evaluated on different test splits"):
+        averaged_accuracy([run_dir, other])
