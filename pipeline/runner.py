@@ -42,11 +42,12 @@ def model_base(cfg: Config, artifacts: Path) -> Path:
 
 
 def run(cfg: Config, artifacts: Path, components: list[str] | None = None, *,
-        use_cache: bool = True, rerun: list[str] | tuple[str, ...] = ()) -> Path:
+        use_cache: bool = True, rerun: list[str] | tuple[str, ...] = (), execute_named: bool = True) -> Path:
     """Run `components` (default: all, in order) as one new run; return its directory.
 
-    Components named explicitly always execute; the others are reused from the cache when
-    their fingerprint matches, unless `use_cache` is off or they are in `rerun` or depend on it.
+    Components named explicitly execute (running one alone to debug it) unless `execute_named`
+    is off; the others are reused from the cache when their fingerprint matches, unless
+    `use_cache` is off or they are in `rerun` or depend on it.
     """
     store = ArtifactStore(artifacts)
     names = list(components) if components else list(STEPS)
@@ -57,7 +58,7 @@ def run(cfg: Config, artifacts: Path, components: list[str] | None = None, *,
     for name in names:  # set-up before TensorFlow starts (the multi-worker join)
         if STEPS[name].prepare and STEPS[name].prepare(cfg, names):
             rerun = (*rerun, name)
-    forced = set(components or ()) | downstream(rerun)
+    forced = (set(components or ()) if execute_named else set()) | downstream(rerun)
 
     me = psutil.Process()
     run_dir = store.new_run({"components_requested": names, "config": cfg.model_dump(),

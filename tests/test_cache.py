@@ -86,6 +86,14 @@ def test_rerun_forces_a_component_and_what_depends_on_it(store, tfds_dir):
     assert sorted(p.name for p in (store / "serving" / "mnist").iterdir()) == ["1"]
 
 
+def test_named_components_execute_unless_told_to_reuse_the_cache(store, tfds_dir):
+    cfg = load_config(small_overrides(tfds_dir))
+    assert _statuses(run(cfg, store, ["ingest", "preprocess"])) == {"ingest": "succeeded", "preprocess": "succeeded"}
+    # As benchmarks run them: what matches is reused, so their trainings read the same records.
+    reused = run(cfg, store, ["ingest", "preprocess"], execute_named=False)
+    assert _statuses(reused) == {"ingest": "cached", "preprocess": "cached"}
+
+
 def test_no_cache_executes_everything(store, tfds_dir):
     run_dir = run(load_config(small_overrides(tfds_dir)), store, use_cache=False)
     assert set(_statuses(run_dir).values()) == {"succeeded"}
