@@ -1,7 +1,8 @@
 """Fingerprints: what a component's output depends on, hashed, with nothing heavy imported.
 
 A fingerprint covers the component's code and every project module it imports,
-transitively (read with `ast`, never imported, so deciding costs no TensorFlow), its
+transitively (read with `ast`, never imported, so deciding costs no TensorFlow), with the
+data folders those modules name (the model card's templates), its
 key parameters, its inputs' fingerprints and the versions of the packages it runs on.
 Data counts by content: the MNIST source files' checksums, the extra images' bytes, a
 served model's files.
@@ -61,10 +62,24 @@ def project_modules(module: str, root: Path | None = None) -> dict[str, Path]:
     return seen
 
 
+def data_files(path: Path) -> list[Path]:
+    """The files of every data folder (not a package) beside module `path` that its source names
+    in a string, such as the `templates` a module renders: they shape its output as its code does."""
+    names = {node.value for node in ast.walk(ast.parse(path.read_text()))
+             if isinstance(node, ast.Constant) and isinstance(node.value, str)}
+    folders = [path.parent / n for n in sorted(names) if n and n.isidentifier() and n != "__pycache__"
+               and (path.parent / n).is_dir() and not (path.parent / n / "__init__.py").exists()]
+    return sorted(f for folder in folders for f in folder.rglob("*") if f.is_file() and "__pycache__" not in f.parts)
+
+
 def code_digest(module: str, root: Path | None = None) -> str:
+    """The module's code, every project module it imports and the data folders each names (`data_files`)."""
+    root = root or ROOT
     digest = hashlib.sha256()
     for name, path in sorted(project_modules(module, root).items()):
         digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
+        for data in data_files(path):
+            digest.update(data.relative_to(root).as_posix().encode() + b"\0" + data.read_bytes() + b"\0")
     return digest.hexdigest()
 
 

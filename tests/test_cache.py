@@ -59,6 +59,23 @@ def test_editing_a_module_preprocess_imports_reruns_preprocess_and_downstream(st
                         "evaluate": "succeeded", "export": "succeeded"}
 
 
+def test_editing_the_model_card_template_reruns_export_only(store, full_run, tfds_dir, tmp_path, monkeypatch):
+    source = tmp_path / "source"
+    for package in ("components", "pipeline"):
+        shutil.copytree(REPO / package, source / package, ignore=shutil.ignore_patterns("__pycache__"))
+    template = source / "components" / "templates" / "model_card.md.j2"
+    template.write_text(template.read_text() + "\nReviewed by the platform team.\n")
+    monkeypatch.setattr(fingerprint, "ROOT", source)
+    assert fingerprint.code_digest("components.export", source) != fingerprint.code_digest("components.export", REPO)
+    assert fingerprint.code_digest("components.train", source) == fingerprint.code_digest("components.train", REPO)
+    run_dir = _run(store, tfds_dir)
+    assert _statuses(run_dir) == {"ingest": "cached", "preprocess": "cached", "validate": "cached", "train": "cached",
+                                  "evaluate": "cached", "export": "succeeded"}
+    # The same model, already served: nothing new is pushed.
+    export = json.loads((run_dir / "export" / "export.json").read_text())
+    assert export["pushed"] is False and export["already_served"] == 1
+
+
 def test_a_deleted_output_is_recomputed(store, full_run, tfds_dir):
     shutil.rmtree(store / "runs" / full_run[1].name / "preprocess")
     statuses = _statuses(_run(store, tfds_dir))
