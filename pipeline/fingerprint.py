@@ -33,10 +33,16 @@ def _module_file(name: str, root: Path) -> Path | None:
     return None
 
 
+@lru_cache(maxsize=256)
+def _nodes(source: str) -> tuple[ast.AST, ...]:
+    # Every node of one module's source, parsed once for its imports and its data folders.
+    return tuple(ast.walk(ast.parse(source)))
+
+
 def _imports(source: str, module: str) -> set[str]:
     """Project modules named by the import statements of one module."""
     found = set()
-    for node in ast.walk(ast.parse(source)):
+    for node in _nodes(source):
         if isinstance(node, ast.Import):
             found |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
@@ -62,14 +68,13 @@ def project_modules(module: str, root: Path | None = None) -> dict[str, Path]:
     return seen
 
 
-def data_files(path: Path) -> list[Path]:
-    """The files of every data folder (not a package) beside module `path` that its source names
+def data_files(path: Path, source: str) -> list[Path]:
+    """The files of every data folder (not a package) beside module `path` that its `source` names
     in a string, such as the `templates` a module renders: they shape its output as its code does."""
-    names = {node.value for node in ast.walk(ast.parse(path.read_text()))
-             if isinstance(node, ast.Constant) and isinstance(node.value, str)}
-    folders = [path.parent / n for n in sorted(names) if n and n.isidentifier() and n != "__pycache__"
-               and (path.parent / n).is_dir() and not (path.parent / n / "__init__.py").exists()]
-    return sorted(f for folder in folders for f in folder.rglob("*") if f.is_file() and "__pycache__" not in f.parts)
+    names = {node.value for node in _nodes(source) if isinstance(node, ast.Constant) and isinstance(node.value, str)}
+    folders = [path.parent / n for n in sorted(names) if n.isidentifier() and n != "__pycache__"]
+    return sorted(f for folder in folders if folder.is_dir() and not (folder / "__init__.py").exists()
+                  for f in folder.rglob("*") if f.is_file() and "__pycache__" not in f.parts)
 
 
 def code_digest(module: str, root: Path | None = None) -> str:
@@ -77,8 +82,9 @@ def code_digest(module: str, root: Path | None = None) -> str:
     root = root or ROOT
     digest = hashlib.sha256()
     for name, path in sorted(project_modules(module, root).items()):
-        digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
-        for data in data_files(path):
+        source = path.read_bytes()
+        digest.update(name.encode() + b"\0" + source + b"\0")
+        for data in data_files(path, source.decode()):
             digest.update(data.relative_to(root).as_posix().encode() + b"\0" + data.read_bytes() + b"\0")
     return digest.hexdigest()
 
