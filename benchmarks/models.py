@@ -89,9 +89,9 @@ def _summary(preset: str, rows: list[dict], run_dirs: list[Path]) -> dict:
 def averaged_accuracy(run_dirs: list[Path]) -> float:
     """Test accuracy of the runs' models with their probabilities averaged image by image, each
     model and the test split read where each run's evaluate manifest says it read them."""
-    import keras
     import numpy as np
 
+    from components import models
     from components.evaluate import BATCH_SIZE
     from components.records import iter_examples
     from components.transform import scale_pixels
@@ -100,7 +100,7 @@ def averaged_accuracy(run_dirs: list[Path]) -> float:
     inputs = [read_manifest(d / "evaluate" / MANIFEST)["inputs"] for d in run_dirs]
     if len({i["examples"] for i in inputs}) > 1:
         raise ValueError("the runs were evaluated on different test splits; average runs of one artifacts root")
-    nets = [keras.models.load_model(Path(i["model"]) / "model.keras") for i in inputs]
+    nets = [models.load(i["model"]) for i in inputs]
     right = total = 0
     for images, labels in iter_examples(Path(inputs[0]["examples"]), "test", BATCH_SIZE):
         x = scale_pixels(images)

@@ -15,13 +15,12 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import keras
 import numpy as np
 import seaborn as sns
 from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global figure state
 from sklearn.metrics import classification_report, confusion_matrix, log_loss
 
-from components import serving
+from components import models, serving
 from components.client import serving_function
 from components.records import iter_examples
 from components.transform import NUM_CLASSES, scale_pixels
@@ -111,7 +110,7 @@ def evaluate(
     A split is read a batch at a time; what is kept of it is each example's label and
     predicted probabilities (both models'), and the images of the most confident mistakes.
     """
-    net = keras.models.load_model(Path(model) / "model.keras")
+    net = models.load(model)
     warnings: list[str] = []
     served = _Served(baseline, warnings)
     scored = {"test": _score(net, served, examples, "test", keep_worst=True)}

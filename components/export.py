@@ -22,7 +22,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from components import infra_validator, model_card, serving
+from components import infra_validator, model_card, models, serving
 from components.client import predict_saved_model
 from components.records import iter_examples
 from components.transform import scale_pixels
@@ -66,7 +66,7 @@ def export(
         raise FileNotFoundError(f"no blessing.json in {evaluation}; run evaluate first")
     blessing = json.loads(blessing_path.read_text())
 
-    net = keras.models.load_model(Path(model) / "model.keras")
+    net = models.load(model)
     saved_model = Path(exported) / "saved_model"
     build_saved_model(net, saved_model)
 

@@ -45,10 +45,34 @@ def test_seed_presets_have_the_described_layers(name):
 def test_best_augments_only_in_training():
     net = build("best")
     kinds = {type(l).__name__ for l in net.layers}
-    assert {"RandomRotation", "RandomZoom", "RandomTranslation", "BatchNormalization", "Dropout"} <= kinds
+    assert {"RandomAffine", "BatchNormalization", "Dropout"} <= kinds
     x = np.random.default_rng(0).random((4, 28, 28, 1)).astype("float32")
     np.testing.assert_allclose(net(x, training=False), net(x, training=False))  # inference is deterministic
-    assert not np.allclose(net.layers[1](x, training=True), x)  # the augmentation does act in training
+    augment = net.layers[1]
+    np.testing.assert_array_equal(augment(x, training=False), x)
+    moved = keras.ops.convert_to_numpy(augment(x, training=True))
+    assert not np.allclose(moved, x) and not np.allclose(moved[0], moved[1])  # acts, with amounts drawn per image
+    assert moved.min() >= 0 and moved.max() <= 1  # bilinear resampling stays within the pixels' range
+
+
+def _affine(image, angle=0.0, zoom=1.0, shift_x=0.0, shift_y=0.0):
+    from components.models import affine_transforms
+
+    rows = affine_transforms(*(np.float32([v]) for v in (angle, zoom, shift_x, shift_y)), *image.shape[1:3])
+    return keras.ops.convert_to_numpy(keras.ops.image.affine_transform(image, rows, fill_mode="constant"))
+
+
+def test_random_affine_rotates_zooms_and_shifts_about_the_centre_in_one_resampling():
+    image = np.zeros((1, 7, 7, 1), np.float32)
+    image[0, 1, 2, 0], image[0, 5, 3, 0] = 1.0, 0.5  # (row, column); the centre is (3, 3)
+    np.testing.assert_allclose(_affine(image), image, atol=1e-6)
+    shifted = np.zeros_like(image)
+    shifted[0, 0, 4, 0], shifted[0, 4, 5, 0] = 1.0, 0.5  # 2 pixels right, 1 up
+    np.testing.assert_allclose(_affine(image, shift_x=2, shift_y=-1), shifted, atol=1e-6)
+    np.testing.assert_allclose(_affine(image, angle=np.pi / 2), np.rot90(image, 1, axes=(1, 2)), atol=1e-5)
+    zoomed = np.zeros_like(image)
+    zoomed[0, 4, 3, 0] = 0.5  # zoom 2 shrinks: 2 rows below the centre comes to 1; (1, 2) falls between pixels
+    np.testing.assert_allclose(_affine(image, zoom=2), zoomed, atol=1e-6)
 
 
 def test_split_batch_normalises_each_part_by_itself_and_trains_the_one_network():
