@@ -1,7 +1,10 @@
 """Shared fixtures: real MNIST from the offline mirror, sliced small so the suite stays fast."""
 from __future__ import annotations
 
+import contextlib
+import getpass
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,6 +14,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO = Path(__file__).resolve().parents[1]
 MIRROR = Path(os.environ.get("MNIST_MIRROR", REPO.parent / "shared" / "data" / "mnist"))
 TRAIN_SLICE, TEST_SLICE = "train[:2000]", "test[:500]"
+
+
+@pytest.hookimpl(trylast=True)  # after pytest's own, which deletes a passing session's folders
+def pytest_sessionfinish(session, exitstatus):
+    # pytest leaves their parent, pytest-of-<user>, behind in the system temp even when empty.
+    if session.config.option.basetemp is None:
+        parent = Path(tempfile.gettempdir()) / f"pytest-of-{getpass.getuser()}"
+        with contextlib.suppress(OSError):  # not empty: a failing session's folders, kept to look at
+            parent.rmdir()
 
 
 def small_overrides(tfds_dir: Path, **extra) -> list[str]:
