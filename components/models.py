@@ -88,16 +88,17 @@ def seed_004() -> keras.Model:
     )
 
 
-def affine_transforms(angle, zoom, shift_x, shift_y, height: int, width: int):
-    """Rows for `keras.ops.image.affine_transform`, one per image: rotation by `angle` (radians) and
-    zoom about the image's centre, then a shift of (`shift_x`, `shift_y`) pixels. The row maps an
-    output pixel to the input point it reads: centre + zoom * R(angle) * (pixel - centre - shift)."""
+def affine(images, angle, zoom, shift_x, shift_y):
+    """`images` (N, H, W, C), each rotated by `angle` (radians) and zoomed about its centre, then
+    shifted by (`shift_x`, `shift_y`) pixels, in one bilinear resampling (zero outside): each output
+    pixel reads the input at centre + zoom * R(angle) * (pixel - centre - shift)."""
     ops = keras.ops
     cos, sin = ops.cos(angle) * zoom, ops.sin(angle) * zoom
-    cx, cy = (width - 1) / 2, (height - 1) / 2
+    cx, cy = (images.shape[2] - 1) / 2, (images.shape[1] - 1) / 2
     x0, y0 = cx + shift_x, cy + shift_y  # the output point that reads the input's centre
     zeros = ops.zeros_like(cos)
-    return ops.stack([cos, -sin, cx - cos * x0 + sin * y0, sin, cos, cy - sin * x0 - cos * y0, zeros, zeros], axis=-1)
+    rows = ops.stack([cos, -sin, cx - cos * x0 + sin * y0, sin, cos, cy - sin * x0 - cos * y0, zeros, zeros], axis=-1)
+    return ops.image.affine_transform(images, rows, interpolation="bilinear", fill_mode="constant")
 
 
 @keras.saving.register_keras_serializable(package="mnist")
@@ -126,9 +127,8 @@ class RandomAffine(layers.Layer):
         def draw(limit):
             return keras.random.uniform((count,), -limit, limit, seed=self.seed_generator)
 
-        transforms = affine_transforms(draw(self.rotation) * 2 * math.pi, 1 + draw(self.zoom),
-                                       draw(self.shift) * width, draw(self.shift) * height, height, width)
-        return keras.ops.image.affine_transform(images, transforms, interpolation="bilinear", fill_mode="constant")
+        return affine(images, draw(self.rotation) * 2 * math.pi, 1 + draw(self.zoom),
+                      draw(self.shift) * width, draw(self.shift) * height)
 
     def get_config(self):
         return {**super().get_config(), "rotation": self.rotation, "zoom": self.zoom, "shift": self.shift,

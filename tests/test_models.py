@@ -56,10 +56,9 @@ def test_best_augments_only_in_training():
 
 
 def _affine(image, angle=0.0, zoom=1.0, shift_x=0.0, shift_y=0.0):
-    from components.models import affine_transforms
+    from components.models import affine
 
-    rows = affine_transforms(*(np.float32([v]) for v in (angle, zoom, shift_x, shift_y)), *image.shape[1:3])
-    return keras.ops.convert_to_numpy(keras.ops.image.affine_transform(image, rows, fill_mode="constant"))
+    return keras.ops.convert_to_numpy(affine(image, *(np.float32([v]) for v in (angle, zoom, shift_x, shift_y))))
 
 
 def test_random_affine_rotates_zooms_and_shifts_about_the_centre_in_one_resampling():
