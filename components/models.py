@@ -141,33 +141,22 @@ def _conv_bn_relu(x, filters: int, kernel: int, strides: int = 1):
     return layers.ReLU()(layers.BatchNormalization()(x))
 
 
-def _best_tower(inputs, width: int = 32):
-    """BatchNorm CNN with learned downsampling and dropout, after the best single models on the
-    Kaggle digit recognizer, with augmentation inside (active only in training, so serving sees
-    raw digits); `width` filters in the first block, twice and four times that after."""
+def best() -> keras.Model:
+    """Ours: BatchNorm CNN with learned downsampling and dropout, after the best single
+    models on the Kaggle digit recognizer, with augmentation inside the model (active
+    only in training, so serving sees raw digits)."""
+    inputs = keras.Input(IMAGE_SHAPE)
     x = RandomAffine(rotation=0.03, zoom=0.1, shift=0.1)(inputs)  # up to ~11 degrees, 10% zoom, 2.8 pixels
-    for filters in (width, 2 * width):
+    for filters in (32, 64):
         x = _conv_bn_relu(x, filters, 3)
         x = _conv_bn_relu(x, filters, 3)
         x = _conv_bn_relu(x, filters, 5, strides=2)
         x = layers.Dropout(0.4)(x)
-    x = _conv_bn_relu(x, 4 * width, 4)
+    x = _conv_bn_relu(x, 128, 4)
     x = layers.Flatten()(x)
     x = layers.Dropout(0.4)(x)
-    return layers.Dense(NUM_CLASSES, activation="softmax")(x)
-
-
-def best() -> keras.Model:
-    """Ours: one tower (`_best_tower`)."""
-    inputs = keras.Input(IMAGE_SHAPE)
-    return keras.Model(inputs, _best_tower(inputs), name="best")
-
-
-def best_pair() -> keras.Model:
-    """Two half-width towers, each with its own augmentation draws, their probabilities averaged:
-    an ensemble in one model, trained member by member (`compiled_model`)."""
-    inputs = keras.Input(IMAGE_SHAPE)
-    return keras.Model(inputs, layers.Average()([_best_tower(inputs, 16) for _ in range(2)]), name="best_pair")
+    outputs = layers.Dense(NUM_CLASSES, activation="softmax")(x)
+    return keras.Model(inputs, outputs, name="best")
 
 
 def load(model: Path) -> keras.Model:
@@ -180,7 +169,7 @@ def build(architecture: str) -> keras.Model:
     return ARCHITECTURES[architecture]()
 
 
-ARCHITECTURES = {f.__name__: f for f in (best, best_pair, seed_000, seed_002, seed_003, seed_004)}
+ARCHITECTURES = {f.__name__: f for f in (best, seed_000, seed_002, seed_003, seed_004)}
 
 
 class SplitBatch(keras.Model):
@@ -220,29 +209,13 @@ def compiled_model(settings: Preset, steps_per_epoch: int) -> tuple[keras.Model,
     """A fresh network of the preset, and the model to fit: the network, or a SplitBatch of it
     (`batch_splits`), compiled with the preset's optimizer, schedule and loss."""
     net = build(settings.architecture)
-    loss = keras.losses.categorical_crossentropy if settings.one_hot_labels else keras.losses.sparse_categorical_crossentropy
-    accuracy = keras.metrics.categorical_accuracy if settings.one_hot_labels else keras.metrics.sparse_categorical_accuracy
-    fitted = net
-    if isinstance(net.layers[-1], layers.Average):
-        # An ensemble: each member fits the labels on its own loss (a loss on the average would
-        # train one network whose members cover for each other); accuracy is the average's, as served.
-        fitted = keras.Model(net.inputs, keras.ops.stack(net.layers[-1].input, axis=1), name=f"{net.name}_members")
-        loss, accuracy = _each_member(loss), _of_the_average(accuracy)
-    trainer = SplitBatch(fitted, settings.batch_splits) if settings.batch_splits > 1 else fitted
-    trainer.compile(optimizer=_optimizer(settings, steps_per_epoch), loss=loss,
-                    metrics=[keras.metrics.MeanMetricWrapper(accuracy, name="accuracy")])
+    trainer = SplitBatch(net, settings.batch_splits) if settings.batch_splits > 1 else net
+    trainer.compile(
+        optimizer=_optimizer(settings, steps_per_epoch),
+        loss="categorical_crossentropy" if settings.one_hot_labels else "sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
     return net, trainer
-
-
-def _each_member(loss):
-    def each_member_loss(labels, members):  # members: (batch, members, classes)
-        labels = keras.ops.expand_dims(labels, 1)
-        return loss(keras.ops.repeat(labels, keras.ops.shape(members)[1], axis=1), members)
-    return each_member_loss
-
-
-def _of_the_average(metric):
-    return lambda labels, members: metric(labels, keras.ops.mean(members, axis=1))
 
 
 def _optimizer(settings: Preset, steps_per_epoch: int) -> keras.optimizers.Optimizer:

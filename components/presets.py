@@ -40,10 +40,6 @@ PRESETS: dict[str, Preset] = {
         "best", epochs=18, batch_size=128, optimizer="adam", learning_rate=3e-3,
         stop="none", schedule="warmup_cosine", batch_splits=2,
     ),
-    "best-pair": Preset(
-        "best_pair", epochs=18, batch_size=128, optimizer="adam", learning_rate=3e-3,
-        stop="none", schedule="warmup_cosine",
-    ),
     "seed-000": Preset(
         "seed_000", epochs=10, batch_size=32, optimizer="adam", learning_rate=1e-3,
         stop="threshold", monitor="accuracy", threshold=0.995,

@@ -98,31 +98,6 @@ def test_split_batch_normalises_each_part_by_itself_and_trains_the_one_network()
     assert trainer_only is net_only  # batch_splits 1: the network trains itself
 
 
-def test_an_ensemble_fits_each_member_on_its_own_loss_and_serves_their_average():
-    net, trainer = compiled_model(resolve_settings("best-pair"), steps_per_epoch=10)
-    members = [keras.Model(net.inputs, output) for output in net.layers[-1].input]
-    assert [id(w) for w in trainer.weights] == [id(w) for w in net.weights]  # no weights of its own
-    x = np.random.default_rng(0).random((6, 28, 28, 1)).astype("float32")
-    y = np.array([0, 1, 2, 3, 4, 4])
-    members[0].layers[-1].bias.assign(np.eye(10)[0] * 5)  # one member sure of class 0, the other unsure
-    each = [keras.ops.convert_to_numpy(m(x)) for m in members]
-    served = keras.ops.convert_to_numpy(net(x))
-    assert not np.allclose(each[0], each[1])  # two networks, not one twice
-    np.testing.assert_allclose(served, np.mean(each, axis=0), atol=1e-6)
-
-    def cross_entropy(p):
-        return float(np.mean(keras.ops.convert_to_numpy(keras.losses.sparse_categorical_crossentropy(y, p))))
-
-    logs = trainer.evaluate(x, y, return_dict=True, verbose=0)
-    assert logs["loss"] == pytest.approx(np.mean([cross_entropy(p) for p in each]), rel=1e-5)  # each its own
-    assert logs["loss"] > cross_entropy(served) + 0.1  # not the average's
-    assert logs["accuracy"] == pytest.approx(np.mean(served.argmax(axis=1) == y))  # scored as served
-    before = [[w.copy() for w in m.get_weights()] for m in members]
-    trainer.train_on_batch(x, y)
-    for m, weights in zip(members, before):  # every member learns
-        assert any(not np.array_equal(a, b) for a, b in zip(weights, m.get_weights()))
-
-
 @pytest.mark.parametrize("name", list(PRESETS))
 def test_every_preset_outputs_probabilities_and_trains_a_step(name):
     settings = PRESETS[name]
