@@ -164,9 +164,46 @@ def load(model: Path) -> keras.Model:
     return keras.models.load_model(Path(model) / "model.keras")  # RandomAffine is registered above
 
 
-def build(architecture: str) -> keras.Model:
-    """A fresh, uncompiled model of the named architecture (a preset's `architecture`)."""
-    return ARCHITECTURES[architecture]()
+def build(architecture: str, policy: str = "float32") -> keras.Model:
+    """A fresh, uncompiled model of the named architecture (a preset's `architecture`), computing
+    under the Keras dtype `policy` (`training_policy`); its probabilities always in float32."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)
+    try:
+        net = ARCHITECTURES[architecture]()
+    finally:
+        keras.config.set_dtype_policy(previous)
+    # bfloat16 keeps 8 bits of mantissa: a probability of 0.999 would round to 1, and the loss's
+    # gradient (p - label) with it, just where training ends.
+    net.layers[-1].dtype_policy = "float32"
+    return net
+
+
+def training_policy(precision: str) -> str:
+    """The Keras dtype policy a preset's `precision` trains under on this machine: `auto` is
+    mixed_bfloat16 where the CPU multiplies bfloat16 in matrix tiles (Intel AMX), else float32."""
+    if precision != "auto":
+        return precision
+    return "mixed_bfloat16" if "amx_bf16" in cpu_flags() else "float32"
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags as Linux lists them (empty where it does not)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return set()
+    return {flag for line in lines if line.startswith("flags") for flag in line.partition(":")[2].split()}
+
+
+def in_float32(net: keras.Model, architecture: str) -> keras.Model:
+    """`net` computing in float32: what is saved and served, whichever precision trained it (its
+    weights are float32 under a mixed policy too)."""
+    if net.dtype_policy.name == "float32":
+        return net
+    served = build(architecture)
+    served.set_weights(net.get_weights())
+    return served
 
 
 ARCHITECTURES = {f.__name__: f for f in (best, seed_000, seed_002, seed_003, seed_004)}
@@ -208,7 +245,7 @@ class SplitBatch(keras.Model):
 def compiled_model(settings: Preset, steps_per_epoch: int) -> tuple[keras.Model, keras.Model]:
     """A fresh network of the preset, and the model to fit: the network, or a SplitBatch of it
     (`batch_splits`), compiled with the preset's optimizer, schedule and loss."""
-    net = build(settings.architecture)
+    net = build(settings.architecture, training_policy(settings.precision))
     trainer = SplitBatch(net, settings.batch_splits) if settings.batch_splits > 1 else net
     trainer.compile(
         optimizer=_optimizer(settings, steps_per_epoch),

@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from components import distribute
 from components.callbacks import Backup, EpochLog, ProgressBar, stop_callback, stop_reason
-from components.models import compiled_model
+from components.models import compiled_model, in_float32
 from components.presets import resolve_settings
 from components.training_data import SHUFFLE_BUFFER, read_split, split_size
 
@@ -30,11 +30,12 @@ def train(transformed: Path, model: Path, *, preset: str = "best", seed: int = 4
           backup_dir: Path | None = None, shuffle_buffer: int = SHUFFLE_BUFFER, **overrides) -> dict:
     """Train preset `preset` on `transformed` and save it into `model`; return training.json.
 
-    `overrides` are the preset fields (epochs, batch_size, optimizer, learning_rate,
-    stop, monitor, threshold, patience); None keeps the preset's value. The training split
-    streams from its shards through a shuffle buffer of `shuffle_buffer` records. `strategy`
-    names the `tf.distribute` strategy (components/distribute.py); the saved model is the
-    same Keras model whichever trained it. With `backup_dir`, every finished epoch is backed
+    `overrides` are the preset fields (epochs, batch_size, optimizer, learning_rate, stop,
+    monitor, threshold, patience, precision); None keeps the preset's value. The training
+    split streams from its shards through a shuffle buffer of `shuffle_buffer` records.
+    `strategy` names the `tf.distribute` strategy (components/distribute.py); the saved model
+    is the same Keras model, in float32, whichever trained it and in whatever precision.
+    With `backup_dir`, every finished epoch is backed
     up there (each worker of a multi-worker training in its own folder), and a training
     killed and started again with the same backup_dir resumes after the last finished epoch.
     """
@@ -72,7 +73,7 @@ def train(transformed: Path, model: Path, *, preset: str = "best", seed: int = 4
     reason = stop_reason(stopper, settings, epochs_run)
     log.info("training stopped after %d epoch(s): %s", epochs_run, reason)
 
-    net.save(model_dir / "model.keras")
+    in_float32(net, settings.architecture).save(model_dir / "model.keras")
     (model_dir / "history.json").write_text(json.dumps({k: [float(v) for v in vs] for k, vs in history.items()}, indent=2))
     record = {
         "preset": preset,
@@ -80,6 +81,7 @@ def train(transformed: Path, model: Path, *, preset: str = "best", seed: int = 4
         "seed": seed,
         "strategy": strategy,
         "replicas": distribution.num_replicas_in_sync,
+        "policy": net.dtype_policy.name,  # what `precision` came to on this machine
         "worker": role,
         "shuffle_buffer": shuffle_buffer,
         "epochs_run": epochs_run,

@@ -48,6 +48,7 @@ class Train(_Section):
     monitor: Optional[str] = Field(default=None, pattern=r"^[A-Za-z][A-Za-z0-9_]*$")
     threshold: Optional[float] = None
     patience: Optional[int] = Field(default=None, ge=0)
+    precision: Optional[Literal["auto", "float32", "mixed_bfloat16"]] = None
     strategy: Literal[STRATEGIES]
     shuffle_buffer: int = Field(ge=1)
 

@@ -98,6 +98,41 @@ def test_split_batch_normalises_each_part_by_itself_and_trains_the_one_network()
     assert trainer_only is net_only  # batch_splits 1: the network trains itself
 
 
+def test_auto_precision_is_bfloat16_only_where_the_cpu_has_amx(monkeypatch):
+    from components import models
+
+    monkeypatch.setattr(models, "cpu_flags", lambda: {"avx512f", "avx512_bf16", "amx_bf16", "amx_tile"})
+    assert models.training_policy("auto") == "mixed_bfloat16"
+    monkeypatch.setattr(models, "cpu_flags", lambda: {"avx512f", "avx512_bf16"})  # Zen 4/5: no matrix tiles
+    assert models.training_policy("auto") == "float32"
+    assert models.training_policy("mixed_bfloat16") == "mixed_bfloat16"  # asked for: as asked
+    assert resolve_settings("best").precision == "auto" and resolve_settings("seed-000").precision == "float32"
+    monkeypatch.undo()
+    assert "fpu" in models.cpu_flags() or not os.path.exists("/proc/cpuinfo")  # read from this machine
+
+
+def test_a_bfloat16_training_saves_and_serves_a_float32_network(tmp_path, transformed):
+    from components.models import load
+
+    net = build("best", "mixed_bfloat16")
+    conv = net.layers[2]
+    assert (conv.compute_dtype, conv.kernel.dtype) == ("bfloat16", "float32")  # bfloat16 products, float32 weights
+    assert net.layers[-1].compute_dtype == "float32"  # probabilities in float32 under any policy
+    assert keras.config.dtype_policy().name == "float32"  # the process's policy untouched
+
+    record = train(transformed, tmp_path / "model", preset="seed-004", epochs=2, precision="mixed_bfloat16")
+    assert record["policy"] == "mixed_bfloat16" and record["settings"]["precision"] == "mixed_bfloat16"
+    saved = load(tmp_path / "model")
+    assert {layer.compute_dtype for layer in saved.layers} == {"float32"}
+    right = total = 0  # the float32 copy scores what the bfloat16 network scored on the validation split
+    validation, steps = read_split(transformed, "validation", 256)
+    for images, labels in validation.take(steps):  # one pass
+        right += int((saved.predict_on_batch(images).argmax(axis=1) == labels.numpy()).sum())
+        total += len(labels)
+    assert right / total == pytest.approx(record["final_metrics"]["val_accuracy"], abs=0.01)
+    assert right / total > 0.5
+
+
 @pytest.mark.parametrize("name", list(PRESETS))
 def test_every_preset_outputs_probabilities_and_trains_a_step(name):
     settings = PRESETS[name]
