@@ -35,9 +35,9 @@ def train(transformed: Path, model: Path, *, preset: str = "best", seed: int = 4
     split streams from its shards through a shuffle buffer of `shuffle_buffer` records.
     `strategy` names the `tf.distribute` strategy (components/distribute.py); the saved model
     is the same Keras model, in float32, whichever trained it and in whatever precision.
-    With `backup_dir`, every finished epoch is backed
-    up there (each worker of a multi-worker training in its own folder), and a training
-    killed and started again with the same backup_dir resumes after the last finished epoch.
+    With `backup_dir`, every finished epoch is backed up there (each worker of a multi-worker
+    training in its own folder), and a training killed and started again with the same
+    backup_dir resumes after the last finished epoch.
     """
     distribution = distribute.strategy(strategy)  # first: multi_worker must precede any TensorFlow op
     role = distribute.worker(strategy)
