@@ -98,9 +98,9 @@ class ProgressBar(keras.callbacks.Callback):
                         unit="step", leave=False, file=sys.stderr)
 
     def on_train_batch_end(self, batch, logs=None):
-        self.bar.update(1)
-        if batch % 20 == 0:
-            self.bar.set_postfix({k: f"{v:.4f}" for k, v in (logs or {}).items()}, refresh=False)
+        # Keras calls this once per call of its step function, with the call's last step.
+        self.bar.set_postfix({k: f"{v:.4f}" for k, v in (logs or {}).items()}, refresh=False)
+        self.bar.update(batch + 1 - self.bar.n)
 
     def on_epoch_end(self, epoch, logs=None):
         self.bar.close()  # before EpochLog's line, so the two never share a terminal line

@@ -210,18 +210,20 @@ ARCHITECTURES = {f.__name__: f for f in (best, seed_000, seed_002, seed_003, see
 
 
 class SplitBatch(keras.Model):
-    """Trains `network` on each batch cut in `parts` parts that run side by side, for training only.
+    """Runs `network` on each batch cut in `parts` parts side by side, in fitting and validation.
 
     One network on one batch splits every kernel over both cores, and the core done first
     waits for the other before the next kernel (profiled: 87-88% of two cores busy). Parts
     have no kernel in common until the loss, so TensorFlow runs one part's kernel while the
-    other's finishes (93%). The weights are the network's: saving and serving use `network`.
-    A batch with fewer images than parts (a split smaller than that) would leave a part empty,
-    and BatchNorm has no statistics of nothing: such a part runs on the batch's last image and
-    its answer is dropped (its BatchNorm statistics still move, as for a batch of one). No
-    branch on the batch size: one network graph per part is all the first step traces (a
-    `tf.cond` with a whole-batch branch traced a third copy: the first step took 10 s of one
-    core, 4-6 s without it).
+    other's finishes (93%), and with one core per kernel (`distribute.split_threads`) each part
+    keeps its own core (97%). In training, BatchNorm normalises each part by itself; in
+    inference the parts give exactly the whole batch's answers. The weights are the network's:
+    saving and serving use `network`. A batch with fewer images than parts (a split smaller
+    than that) would leave a part empty, and BatchNorm has no statistics of nothing: such a
+    part runs on the batch's last image and its answer is dropped (in training its BatchNorm
+    statistics still move, as for a batch of one). No branch on the batch size: one network
+    graph per part is all the first step traces (a `tf.cond` with a whole-batch branch traced
+    a third copy: the first step took 10 s of one core, 4-6 s without it).
     """
 
     def __init__(self, network: keras.Model, parts: int):
@@ -230,27 +232,28 @@ class SplitBatch(keras.Model):
         self.built = network.built  # its only weights are the network's (BackupAndRestore needs it built)
 
     def call(self, images, training=False):
-        if not training:
-            return self.network(images, training=False)
         n = tf.shape(images)[0]
         sizes = n // self.parts + tf.cast(tf.range(self.parts) < n % self.parts, tf.int32)
         starts = tf.cumsum(sizes, exclusive=True)
         answers = []
         for part in range(self.parts):
             rows = tf.minimum(starts[part] + tf.range(tf.maximum(sizes[part], 1)), n - 1)
-            answers.append(self.network(tf.gather(images, rows), training=True)[: sizes[part]])
+            answers.append(self.network(tf.gather(images, rows), training=training)[: sizes[part]])
         return tf.concat(answers, 0)
 
 
-def compiled_model(settings: Preset, steps_per_epoch: int) -> tuple[keras.Model, keras.Model]:
+def compiled_model(settings: Preset, steps_per_epoch: int, steps_per_execution: int = 1
+                   ) -> tuple[keras.Model, keras.Model]:
     """A fresh network of the preset, and the model to fit: the network, or a SplitBatch of it
-    (`batch_splits`), compiled with the preset's optimizer, schedule and loss."""
+    (`batch_splits`), compiled with the preset's optimizer, schedule and loss, to run
+    `steps_per_execution` steps per call (which must divide every epoch's steps)."""
     net = build(settings.architecture, training_policy(settings.precision))
     trainer = SplitBatch(net, settings.batch_splits) if settings.batch_splits > 1 else net
     trainer.compile(
         optimizer=_optimizer(settings, steps_per_epoch),
         loss="categorical_crossentropy" if settings.one_hot_labels else "sparse_categorical_crossentropy",
         metrics=["accuracy"],
+        steps_per_execution=steps_per_execution,
     )
     return net, trainer
 

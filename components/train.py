@@ -20,7 +20,7 @@ from components import distribute
 from components.callbacks import Backup, EpochLog, ProgressBar, stop_callback, stop_reason
 from components.models import compiled_model, in_float32
 from components.presets import resolve_settings
-from components.training_data import SHUFFLE_BUFFER, read_split, split_size
+from components.training_data import SHUFFLE_BUFFER, read_split, split_size, steps_per_execution
 
 log = logging.getLogger(__name__)
 VALIDATION_BATCH = 1024
@@ -47,13 +47,17 @@ def train(transformed: Path, model: Path, *, preset: str = "best", seed: int = 4
     backup = _backup(backup_dir, role)
     resumed_at = backup.resumed_at if backup else 0
 
+    per_call = steps_per_execution((split_size(transformed, "train"), settings.batch_size),
+                                   (split_size(transformed, "validation"), VALIDATION_BATCH))
     # A resumed training skips the epochs already run: they drew their shuffles from the same seeded sequence.
     train_ds, steps_per_epoch = read_split(transformed, "train", settings.batch_size, one_hot=settings.one_hot_labels,
-                                           shuffle_seed=seed, shuffle_buffer=shuffle_buffer, skip_epochs=resumed_at)
-    val_ds, validation_steps = read_split(transformed, "validation", VALIDATION_BATCH, one_hot=settings.one_hot_labels)
+                                           shuffle_seed=seed, shuffle_buffer=shuffle_buffer, skip_epochs=resumed_at,
+                                           per_execution=per_call)
+    val_ds, validation_steps = read_split(transformed, "validation", VALIDATION_BATCH, one_hot=settings.one_hot_labels,
+                                          per_execution=per_call)
 
     with distribution.scope():
-        net, trainer = compiled_model(settings, steps_per_epoch)
+        net, trainer = compiled_model(settings, steps_per_epoch, per_call)
 
     stopper, epoch_log = stop_callback(settings), EpochLog(backup)
     callbacks = [*([ProgressBar()] if sys.stderr.isatty() else []), epoch_log,
@@ -84,6 +88,8 @@ def train(transformed: Path, model: Path, *, preset: str = "best", seed: int = 4
         "policy": net.dtype_policy.name,  # what `precision` came to on this machine
         "worker": role,
         "shuffle_buffer": shuffle_buffer,
+        "steps_per_epoch": steps_per_epoch,
+        "steps_per_execution": per_call,
         "epochs_run": epochs_run,
         "stop_reason": reason,
         "train_seconds": round(train_seconds, 2),

@@ -145,13 +145,17 @@ def _stop_on_anomalies(output: Path, anomalies: dict) -> None:
 
 # --- train -------------------------------------------------------------------------------
 
-def _join_training_cluster(cfg: Config, names: list[str]) -> bool:
-    """Joins this process to the multi-worker training TF_CONFIG describes, before any step
-    runs (TensorFlow can join a cluster only before its first operation). Every worker
-    trains, and never from the cache (the others wait for it); only the chief goes on."""
+def _prepare_training(cfg: Config, names: list[str]) -> bool:
+    """Before any step runs (TensorFlow takes both only before its first operation): sizes its
+    thread pools for the preset's batch parts, and joins this process to the multi-worker
+    training TF_CONFIG describes. Every worker trains, and never from the cache (the others
+    wait for it); only the chief goes on."""
+    from components import distribute
+    from components.presets import resolve_settings
+
+    distribute.split_threads(resolve_settings(cfg.train.preset).batch_splits)
     if cfg.train.strategy != "multi_worker":
         return False
-    from components import distribute
 
     cluster, task = distribute.cluster_task()
     after = [n for n in names if n in downstream(["train"]) - {"train"}]
@@ -216,7 +220,7 @@ STEPS: dict[str, Step] = {
         Step("train", "model", {"transformed": "preprocess"},
              lambda cfg, ctx, up: _same({**cfg.train.model_dump(), "seed": cfg.seed}),
              _picked("epochs_run", "stop_reason", "train_seconds"), files={"history": "history.json"},
-             resumes=True, prepare=_join_training_cluster),
+             resumes=True, prepare=_prepare_training),
         Step("evaluate", "evaluation", {"model": "train", "examples": "ingest"}, _evaluate, _evaluate_summary,
              files={"metrics": "metrics.json", "classification_report": "classification_report.json",
                     "worst_misclassified": "worst_misclassified.json",

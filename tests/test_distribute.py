@@ -176,3 +176,31 @@ def test_the_keras_patch_refuses_another_keras_series_and_the_default_strategy_n
         assert trainer.reduce_per_replica is keras_reduce
         net.fit(dataset, epochs=1, verbose=0, shuffle=False)
     assert trainer.reduce_per_replica is keras_reduce
+
+
+def test_the_runner_gives_each_batch_part_its_own_cores_before_tensorflow_starts(monkeypatch):
+    from components import distribute
+    from pipeline.config import load_config
+    from pipeline.graph import STEPS
+
+    for name in ("TF_NUM_INTEROP_THREADS", "TF_NUM_INTRAOP_THREADS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    assert STEPS["train"].prepare(load_config(["train.preset=best"]), ["train"]) is False  # best: 2 parts
+    assert (os.environ["TF_NUM_INTEROP_THREADS"], os.environ["TF_NUM_INTRAOP_THREADS"]) == ("2", "1")
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
+    monkeypatch.setenv("TF_NUM_INTRAOP_THREADS", "3")  # the environment's own value wins
+    monkeypatch.delenv("TF_NUM_INTEROP_THREADS")
+    distribute.split_threads(2)
+    assert (os.environ["TF_NUM_INTEROP_THREADS"], os.environ["TF_NUM_INTRAOP_THREADS"]) == ("2", "3")
+    monkeypatch.delenv("TF_NUM_INTRAOP_THREADS")
+    distribute.split_threads(2)
+    assert os.environ["TF_NUM_INTRAOP_THREADS"] == "8"  # 16 cores, 8 per part
+
+    for name in ("TF_NUM_INTEROP_THREADS", "TF_NUM_INTRAOP_THREADS"):
+        monkeypatch.delenv(name)
+    STEPS["train"].prepare(load_config(["train.preset=seed-004"]), ["train"])  # one part: TensorFlow's defaults
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    distribute.split_threads(2)  # one core: nothing to share out
+    assert "TF_NUM_INTEROP_THREADS" not in os.environ and "TF_NUM_INTRAOP_THREADS" not in os.environ

@@ -19,7 +19,7 @@ from components.ingest import ingest
 from components.callbacks import StopAtThreshold, stop_callback
 from components.presets import resolve_settings
 from components.train import train
-from components.training_data import batches, read_split
+from components.training_data import STEPS_PER_EXECUTION, batches, epoch_steps, read_split, steps_per_execution
 
 LAYERS = {  # the layer types each seed describes, in order (Input not counted)
     "seed-000": ["Conv2D", "MaxPooling2D", "Flatten", "Dense", "Dense"],
@@ -84,7 +84,9 @@ def test_split_batch_normalises_each_part_by_itself_and_trains_the_one_network()
     assert not np.allclose(split(x, training=True), norm(x, training=True))  # not the whole batch's statistics
     one = x[:1]  # fewer images than parts (a split of one image): the empty part's answer is dropped
     np.testing.assert_allclose(split(one, training=True), norm(one, training=True))
-    np.testing.assert_allclose(split(x, training=False), norm(x, training=False))  # inference: the network alone
+    norm.layers[0].moving_mean.assign([5.0, 0.0, 0.0])  # inference: the moving statistics, whatever the parts
+    np.testing.assert_allclose(split(x, training=False), norm(x, training=False), atol=1e-6)
+    np.testing.assert_allclose(split(one, training=False), norm(one, training=False), atol=1e-6)
 
     net, trainer = compiled_model(resolve_settings("best"), steps_per_epoch=10)
     assert isinstance(trainer, SplitBatch) and trainer.network is net and trainer.parts == 2
@@ -256,6 +258,41 @@ def test_every_example_is_seen_exactly_once_per_epoch_in_a_new_order():
     assert sizes == 2 * ([126] + [125] * 7)
     in_order = _epochs_of(batches(examples, n, 128)[0], steps, 2)  # validation: unshuffled, whole, repeated
     assert all(np.array_equal(seen, ids) for seen in in_order)
+
+
+@keras.saving.register_keras_serializable(package="test")
+class CountImages(keras.layers.Layer):
+    """Counts the images that pass through it, in training and in inference."""
+
+    def build(self, shape):
+        self.trained = self.add_weight(shape=(), initializer="zeros", trainable=False, name="trained")
+        self.inferred = self.add_weight(shape=(), initializer="zeros", trainable=False, name="inferred")
+
+    def call(self, x, training=False):
+        (self.trained if training else self.inferred).assign_add(tf.cast(tf.shape(x)[0], "float32"))
+        return x
+
+
+def test_several_steps_per_call_still_read_one_pass_per_epoch():
+    assert steps_per_execution((53_764, 128), (6_236, 1024)) == 7  # full MNIST: 7 validation batches
+    assert steps_per_execution((100_000, 32), (50_000, 32)) == STEPS_PER_EXECUTION
+    assert steps_per_execution((10, 1), (10, 1)) == 1  # calls of 8 steps would need 16 batches of 10 images
+    assert steps_per_execution((5, 128), (3, 64)) == 1  # one batch each: one step per call
+    assert epoch_steps(1001, 128, 5) == 10 and epoch_steps(1001, 128) == 8
+    n, n_val = 1001, 300
+    per_call = steps_per_execution((n, 128), (n_val, 64))
+    assert per_call == 5  # 5 validation batches; 10 training batches of about 100, not 8 of 125
+    train_ds, steps = batches(tf.data.Dataset.from_tensor_slices((np.zeros((n, 1), "float32"), np.zeros(n))), n, 128,
+                              shuffle_seed=1, per_execution=per_call)
+    val_ds, val_steps = batches(tf.data.Dataset.from_tensor_slices((np.zeros((n_val, 1), "float32"), np.zeros(n_val))),
+                                n_val, 64, per_execution=per_call)
+    counter = CountImages()
+    model = keras.Sequential([keras.Input((1,)), counter, keras.layers.Dense(10, activation="softmax")])
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy", steps_per_execution=per_call)
+    model.fit(train_ds, validation_data=val_ds, epochs=3, steps_per_epoch=steps, validation_steps=val_steps,
+              shuffle=False, verbose=0)
+    # Keras runs whole calls: had the epoch's steps not been a multiple, it would have read past the epoch.
+    assert (float(counter.trained), float(counter.inferred)) == (3 * n, 3 * n_val)
 
 
 def test_training_killed_mid_way_resumes_after_its_last_finished_epoch(tmp_path, transformed):
