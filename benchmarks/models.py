@@ -3,8 +3,8 @@
     python -m benchmarks.models [--presets best seed-000 ...] [--seeds 1 2 3] [--set KEY=VALUE ...]
 
 Ingest and preprocess run once per artifacts root (later benchmarks there reuse them); train
-and evaluate run once per preset and seed, each as its own pipeline run, so every number
-comes from the artifacts a user would get.
+and evaluate run once per preset and seed, each as its own pipeline run in its own process,
+so every number comes from the artifacts a user would get, trained as `make pipeline` would.
 With several seeds, a second table gives each preset's mean and minimum test accuracy:
 seeds of one network spread over a tenth of a point or more, as much as most changes buy.
 It also gives the accuracy of the seeds' models averaged (their probabilities, image by
@@ -17,7 +17,7 @@ import os
 import statistics
 from pathlib import Path
 
-from benchmarks.report import print_table, write_json
+from benchmarks.report import in_fresh_process, print_table, write_json
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     for preset in args.presets:
         for seed in seeds:
             config = load_config([*args.overrides, f"train.preset={preset}", f"seed={seed}"])
-            run_dirs.setdefault(preset, []).append(run(config, args.artifacts, ["train", "evaluate"]))
+            run_dirs.setdefault(preset, []).append(in_fresh_process(run, config, args.artifacts, ["train", "evaluate"]))
             rows.append(_row(preset, seed, run_dirs[preset][-1]))
             print_table(rows, COLUMNS)
     summary = [_summary(p, [r for r in rows if r["preset"] == p], run_dirs[p]) for p in args.presets]

@@ -26,6 +26,19 @@ def machine() -> dict:
     return {"cpu": cpu_model(), "cores": len(os.sched_getaffinity(0)), "python": platform.python_version()}
 
 
+def in_fresh_process(function, *args):
+    """`function(*args)` in a new interpreter, its result returned (both picklable), with the
+    runner's logging: each training gets TensorFlow's thread pools sized for its own preset, as
+    `python -m pipeline` would give it (TensorFlow sizes them once per process, when it starts)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from pipeline.runner import configure_logging
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=configure_logging) as pool:
+        return pool.submit(function, *args).result()
+
+
 def print_table(rows: list[dict], columns: tuple[str, ...], title: str = "") -> None:
     if title:
         print(f"\n{title}")

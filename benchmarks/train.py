@@ -5,7 +5,9 @@
 Ingest and preprocess run once through the pipeline. Each preset then trains through
 the train component, as `python -m pipeline run train` does, and the same network
 trains again the way the seed notebooks do: `model.fit(x, y)` on NumPy arrays, with
-the same epochs, batch size and validation split. Printed per epoch and overall: wall
+the same epochs, batch size and validation split. Each way trains in its own process: the
+component with the thread pools the runner sets for its preset, the notebook way with
+TensorFlow's defaults. Printed per epoch and overall: wall
 seconds, CPU-busy share (process CPU seconds / wall seconds / cores) and training
 images per second; then the component's speed relative to the notebook way.
 """
@@ -20,7 +22,7 @@ import statistics
 import time
 from pathlib import Path
 
-from benchmarks.report import machine, print_table, write_json
+from benchmarks.report import in_fresh_process, machine, print_table, write_json
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -50,11 +52,11 @@ def main(argv: list[str] | None = None) -> int:
         # Never stop early: both ways must run the same number of epochs to be compared.
         settings = [f"train.preset={preset}", "train.stop=none"] + ([f"train.epochs={args.epochs}"] if args.epochs else [])
         cfg = load_config([*args.overrides, *settings])
-        training = json.loads((run(cfg, args.artifacts, ["train"]) / "train" / "training.json").read_text())
+        training = json.loads((in_fresh_process(run, cfg, args.artifacts, ["train"]) / "train" / "training.json").read_text())
         component = _figures(training["epoch_timings"], training["train_seconds"], training["train_cpu_seconds"],
                              training["train_examples"])
         component.update(val_accuracy=training["final_metrics"]["val_accuracy"])
-        notebook = _train_like_a_notebook(transformed, cfg)
+        notebook = in_fresh_process(_train_like_a_notebook, transformed, cfg)  # TensorFlow's own thread pools
         for way, figures in (("component", component), ("model.fit(numpy)", notebook)):
             print_table(figures["per_epoch"], EPOCH_COLUMNS, title=f"{preset}: {way}, per epoch")
             summary.append({"preset": preset, "way": way, **{k: v for k, v in figures.items() if k != "per_epoch"}})
