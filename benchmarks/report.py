@@ -1,4 +1,4 @@
-"""What every benchmark prints and writes: a plain-text table, and JSON naming the machine."""
+"""What every benchmark shares: a plain-text table, JSON naming the machine, and a fresh process to train in."""
 from __future__ import annotations
 
 import json

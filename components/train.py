@@ -47,7 +47,8 @@ def train(transformed: Path, model: Path, *, preset: str = "best", seed: int = 4
     backup = _backup(backup_dir, role)
     resumed_at = backup.resumed_at if backup else 0
 
-    per_call = steps_per_execution((split_size(transformed, "train"), settings.batch_size),
+    train_examples = split_size(transformed, "train")
+    per_call = steps_per_execution((train_examples, settings.batch_size),
                                    (split_size(transformed, "validation"), VALIDATION_BATCH))
     # A resumed training skips the epochs already run: they drew their shuffles from the same seeded sequence.
     train_ds, steps_per_epoch = read_split(transformed, "train", settings.batch_size, one_hot=settings.one_hot_labels,
@@ -94,7 +95,7 @@ def train(transformed: Path, model: Path, *, preset: str = "best", seed: int = 4
         "stop_reason": reason,
         "train_seconds": round(train_seconds, 2),
         "train_cpu_seconds": round(train_cpu_seconds, 2),
-        "train_examples": split_size(transformed, "train"),
+        "train_examples": train_examples,
         "epoch_timings": epoch_log.timings,
         "resumed_after_epoch": resumed_at,
         "final_metrics": {k: float(vs[-1]) for k, vs in history.items()},
