@@ -155,7 +155,13 @@ class _Served:
 
     def __init__(self, baseline: Path | None, warnings: list[str]):
         self.baseline, self.warnings = baseline, warnings
-        self.predict = _try_baseline(lambda: serving_function(baseline), baseline, warnings) if baseline else None
+        self.predict = None
+        if baseline:  # checked from its files first, as `models` checks it: a garbled graph is never run
+            problem = serving.broken(baseline)
+            if problem:
+                _not_a_baseline(baseline, problem, warnings)
+            else:
+                self.predict = _try_baseline(lambda: serving_function(baseline), baseline, warnings)
 
     @property
     def alive(self) -> bool:
@@ -206,11 +212,14 @@ def _try_baseline(call, baseline: Path, warnings: list[str]):
     try:
         return call()
     except Exception as err:
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        warnings.append(f"the served model {baseline} cannot be loaded ({reason}); it is not a baseline, "
-                        f"so the candidate is judged on evaluate.min_accuracy alone and replaces it if blessed")
-        log.warning("%s", warnings[-1])
+        _not_a_baseline(baseline, (str(err).strip().splitlines() or [type(err).__name__])[0], warnings)
         return None
+
+
+def _not_a_baseline(baseline: Path, reason: str, warnings: list[str]) -> None:
+    warnings.append(f"the served model {baseline} cannot be loaded ({reason}); it is not a baseline, "
+                    f"so the candidate is judged on evaluate.min_accuracy alone and replaces it if blessed")
+    log.warning("%s", warnings[-1])
 
 
 def _summary(model: Path, metrics: dict) -> dict:

@@ -9,6 +9,7 @@ SavedModel keeps files the graph does not use.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -19,10 +20,13 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
+from components import servable
+
 PUSH_RECORD = Path("assets.extra") / "push.json"
 MODEL_CARD = Path("assets.extra") / "model_card.html"  # written by export (components/model_card.py)
 LOCK = ".{}.push.lock"  # beside the model base, for the model named in {}: its folder holds only versions
 LOCK_TIMEOUT_S = 120  # a push holds the lock for the copy of one SavedModel
+DIR_MODE, FILE_MODE = 0o755, 0o644  # the served tree: written by its owner alone, read by TF Serving
 ANY_BASELINE = object()  # push() without a blessing to check (a rollback)
 
 
@@ -54,51 +58,11 @@ def versions(model_base: Path) -> list[int]:
 
 
 def broken(version_dir: Path) -> str | None:
-    """Why a version's SavedModel cannot be loaded, found without loading it (no TensorFlow);
-    None when it looks whole. Catches what a crash or a bad copy leaves: a truncated or
-    garbled saved_model.pb, a missing variables index."""
-    version_dir = Path(version_dir)
-    pb = version_dir / "saved_model.pb"
-    if not pb.is_file():
-        return "no saved_model.pb"
-    if not _protobuf_is_whole(pb.read_bytes()):
-        return "saved_model.pb is truncated or not a protobuf"
-    if (version_dir / "variables").is_dir() and not (version_dir / "variables" / "variables.index").is_file():
-        return "variables/variables.index is missing"
-    return None
-
-
-def _protobuf_is_whole(data: bytes) -> bool:
-    """Walks the protobuf wire format: every field must end inside the message."""
-    def varint(i: int) -> tuple[int, int]:
-        value = shift = 0
-        while i < len(data):
-            byte = data[i]
-            value |= (byte & 0x7F) << shift
-            i, shift = i + 1, shift + 7
-            if not byte & 0x80:
-                return value, i
-        raise ValueError("varint runs past the end")
-
-    i = 0
-    try:
-        while i < len(data):
-            tag, i = varint(i)
-            kind = tag & 7
-            if tag >> 3 == 0 or kind in (3, 4, 6, 7):  # no field 0; groups are not used by SavedModel
-                return False
-            if kind == 0:
-                _, i = varint(i)
-            elif kind == 2:
-                length, i = varint(i)
-                i += length
-            else:
-                i += 8 if kind == 1 else 4
-            if i > len(data):
-                return False
-    except ValueError:
-        return False
-    return len(data) > 0
+    """Why TF Serving could not load this version, found from its files without loading it
+    (no TensorFlow, no graph run; `servable.problem`); None when it looks whole. Catches what a
+    crash, a bad copy or a hand edit leaves: a truncated, garbled or replaced saved_model.pb, no
+    MetaGraph serving `serving_default`, a missing variables index or data shard."""
+    return servable.problem(version_dir)
 
 
 def current_version(model_base: Path) -> int | None:
@@ -149,8 +113,8 @@ def publishing(model_base: Path):
     """Holds the model's push lock: one process at a time adds or deletes versions. An OS
     lock, released when its holder dies, however it dies."""
     base = Path(model_base)
-    base.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(push_lock(base))
+    _make_dirs(base)
+    lock = FileLock(push_lock(base), mode=FILE_MODE)  # explicit: filelock otherwise leaves it to the umask
     try:
         lock.acquire(timeout=LOCK_TIMEOUT_S)
     except Timeout:
@@ -195,14 +159,38 @@ def push(saved_model: Path, model_base: Path, record: dict, *, judged_against=AN
                 full_record = {**record, "version": version, "replaces": replaces,
                                "pushed_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
                 (staging / "model" / PUSH_RECORD).write_text(json.dumps(full_record, indent=2))
+                _seal(staging / "model")
             except (shutil.Error, OSError) as err:
                 still = f"version {replaces} still serves" if replaces is not None else "nothing is served"
-                raise ServingError(f"could not stage the model in {base} ({_reason(err)}); nothing was pushed, "
-                                   f"{still}") from None
+                reason = _reason(err)
+                hint = "; free some space and run the same command again" if _disk_full(err, reason) else ""
+                raise ServingError(f"could not stage the model in {base} ({reason}); nothing was pushed, "
+                                   f"{still}{hint}") from None
             os.rename(staging / "model", base / str(version))
             return version
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def _make_dirs(path: Path) -> None:
+    """`mkdir -p` with DIR_MODE for every folder it makes: Path.mkdir gives parents the umask's mode."""
+    path = Path(path)
+    if not path.is_dir():
+        _make_dirs(path.parent)
+        path.mkdir(mode=DIR_MODE, exist_ok=True)
+
+
+def _seal(tree: Path) -> None:
+    """A staged version's modes, whatever the umask or the source's modes: nobody but the
+    owner may change a model that is served (loading it runs its graph)."""
+    for folder, dirs, files in os.walk(tree):
+        os.chmod(folder, DIR_MODE)
+        for name in files:
+            os.chmod(os.path.join(folder, name), FILE_MODE)
+
+
+def _disk_full(err: Exception, reason: str) -> bool:
+    return getattr(err, "errno", None) == errno.ENOSPC or "No space left" in reason
 
 
 def _named(judged: dict | None) -> str:
@@ -230,6 +218,12 @@ def rollback(model_base: Path, version: int | None = None) -> int:
         raise ServingError(f"no version {version} under {base}; choose one of {versions(base)}")
     if version == current:
         raise ServingError(f"version {version} is already the one served")
+    problem = broken(base / str(version))
+    if problem:
+        whole = [v for v in versions(base) if v != current and not broken(base / str(v))]
+        raise ServingError(f"version {version} is BROKEN ({problem}); nothing was rolled back, version {current} "
+                           f"still serves; whole versions to roll back to: "
+                           f"{', '.join(map(str, whole)) if whole else 'none'}")
     previous = read_push_record(base, version)
     record = {k: previous[k] for k in ("run", "model_fingerprint", "test_accuracy", "model_name") if k in previous}
     return push(base / str(version), base, {**record, "rollback_of": version})

@@ -1,5 +1,8 @@
+import errno
 import json
 import logging
+import os
+import random
 import shutil
 import subprocess
 import sys
@@ -115,7 +118,7 @@ def test_an_unloadable_served_version_is_replaced_by_a_good_model(full_run, tmp_
     pb = base / "1" / "saved_model.pb"
     pb.write_bytes(pb.read_bytes()[: pb.stat().st_size // 2])
     (base / "2").mkdir()  # a numbered folder with no SavedModel: not a version
-    assert serving.versions(base) == [1] and serving.broken(base / "1") == "saved_model.pb is truncated or not a protobuf"
+    assert serving.versions(base) == [1] and serving.broken(base / "1") == "saved_model.pb is truncated or not a SavedModel"
     models = subprocess.run([sys.executable, "-m", "pipeline", "--artifacts", str(root), "models"], cwd=REPO,
                             capture_output=True, text=True, timeout=60)
     assert "BROKEN: saved_model.pb is truncated" in models.stdout
@@ -127,3 +130,83 @@ def test_an_unloadable_served_version_is_replaced_by_a_good_model(full_run, tmp_
     assert "cannot be loaded" in blessing["warnings"][0] and str(base / "1") in blessing["warnings"][0]
     assert any("cannot be loaded" in r.getMessage() for r in caplog.records)
     assert serving.versions(base) == [1, 3] and serving.broken(base / "3") is None  # above the broken one and the empty folder
+
+
+def _garble(version, rng=random.Random(0)):
+    pb = version / "saved_model.pb"
+    pb.write_bytes(rng.randbytes(pb.stat().st_size))  # the same size: a size check cannot see it
+
+
+def _other_protobuf(version):
+    (version / "saved_model.pb").write_bytes(b"\x08\x01")  # saved_model_schema_version = 1, no MetaGraph
+
+
+def _no_serving_signature(version):
+    tags = b"\x22\x05train"  # MetaInfoDef.tags = "train"
+    meta_graph = b"\x0a" + bytes([len(tags)]) + tags
+    (version / "saved_model.pb").write_bytes(b"\x08\x01\x12" + bytes([len(meta_graph)]) + meta_graph)
+
+
+def _truncated_shard(version):
+    [data] = (version / "variables").glob("variables.data-*")
+    data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
+
+
+@pytest.mark.parametrize("damage, reason", [
+    (_garble, "saved_model.pb is truncated or not a SavedModel"),
+    (_other_protobuf, "saved_model.pb holds no MetaGraph"),
+    (_no_serving_signature, "saved_model.pb has no MetaGraph tagged 'serve' with the signature 'serving_default'"),
+    (lambda version: shutil.rmtree(version / "variables"), "variables/variables.index is missing"),
+    (_truncated_shard, "variables/variables.data-00000-of-00001 has"),
+])
+def test_rollback_refuses_a_version_that_tf_serving_could_not_load(saved_model, tmp_path, capsys, damage, reason):
+    root = tmp_path / "artifacts"
+    base = root / "serving" / "mnist"
+    for run_id in ("r1", "r2", "r3"):
+        serving.push(saved_model, base, {"run": run_id, "model_fingerprint": run_id})
+    assert [serving.broken(base / str(v)) for v in (1, 2, 3)] == [None, None, None]  # a real export is whole
+    damage(base / "2")
+    assert serving.broken(base / "2").startswith(reason)
+
+    assert main(["--artifacts", str(root), "models"]) == 0
+    [row] = [line for line in capsys.readouterr().out.splitlines() if line.strip().startswith("2 ")]
+    assert f"BROKEN: {reason}" in row
+    assert main(["--artifacts", str(root), "rollback", "2"]) == 1
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"error: version 2 is BROKEN ({reason}") and line.endswith(
+        "nothing was rolled back, version 3 still serves; whole versions to roll back to: 1")
+    assert serving.versions(base) == [1, 2, 3]  # nothing was published
+
+
+def test_the_served_tree_is_written_by_its_owner_alone_whatever_the_umask(saved_model, tmp_path):
+    loose = tmp_path / "loose"  # an export written under umask 000: everything writable by everyone
+    shutil.copytree(saved_model, loose)
+    for path in [loose, *loose.rglob("*")]:
+        path.chmod(0o777 if path.is_dir() else 0o666)
+    serving_root = tmp_path / "artifacts" / "serving"
+    previous = os.umask(0)
+    try:
+        base = serving_root / "mnist"
+        serving.push(loose, base, {"run": "r1"})
+        serving.push(loose, base, {"run": "r2"})
+        serving.rollback(base, 1)
+    finally:
+        os.umask(previous)
+    tree = [serving_root, *serving_root.rglob("*")]
+    assert serving.push_lock(base) in tree and base / "3" / serving.PUSH_RECORD in tree
+    writable = [str(p.relative_to(tmp_path)) for p in tree if p.stat().st_mode & 0o022]
+    assert writable == []
+
+
+def test_a_push_on_a_full_disk_says_what_to_do(saved_model, tmp_path):
+    base = tmp_path / "mnist"
+    serving.push(saved_model, base, {"run": "r1"})
+
+    def full_disk(source, destination):
+        raise OSError(errno.ENOSPC, "No space left on device", str(destination))
+
+    with pytest.raises(serving.ServingError) as refused:
+        serving.push(saved_model, base, {"run": "r2"}, copy=full_disk)
+    assert "No space left on device" in str(refused.value)
+    assert str(refused.value).endswith("version 1 still serves; free some space and run the same command again")
+    assert serving.versions(base) == [1] and sorted(p.name for p in base.iterdir()) == ["1"]
