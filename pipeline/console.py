@@ -17,6 +17,16 @@ import threading
 from pathlib import Path
 
 NVIDIA_DRIVER = Path("/proc/driver/nvidia")  # present while the NVIDIA kernel module is loaded
+# What a terminal or a log reader would not show as written: C0 and C1 controls (newlines,
+# ANSI escapes), and the Unicode line separators and direction overrides.
+UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text) -> str:
+    """`text` as one line that shows what it holds: every control character as its Python
+    escape (a newline as `\\n`, ESC as `\\x1b`), so a file name cannot forge a log line or
+    drive the terminal."""
+    return UNPRINTABLE.sub(lambda found: found.group().encode("unicode_escape").decode("ascii"), str(text))
 
 
 def chatter(nvidia_driver: bool) -> re.Pattern:

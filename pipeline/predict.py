@@ -9,6 +9,7 @@ import numpy as np
 
 from components import serving
 from components.digits import ImageError, image_files, load_image, to_mnist
+from pipeline.console import printable
 
 
 def resolve_model(model: str | None, model_base: Path) -> Path:
@@ -38,7 +39,7 @@ def predict_files(paths: list[Path], saved_model: Path, as_json: bool = False) -
             digits.append(to_mnist(load_image(path)))
             good.append(path)
         except ImageError as error:
-            print(f"error: {path}: {error}", file=sys.stderr)
+            print(f"error: {printable(path)}: {printable(error)}", file=sys.stderr)
             failures += 1
     if good:
         probabilities = predict_saved_model(saved_model, np.stack(digits))
@@ -48,8 +49,8 @@ def predict_files(paths: list[Path], saved_model: Path, as_json: bool = False) -
                 print(json.dumps({"path": str(path), "digit": digit, "probability": float(p[digit]),
                                   "probabilities": [float(x) for x in p]}))
             else:
-                print(f"{path}: {digit} (p={p[digit]:.3f})")
+                print(f"{printable(path)}: {digit} (p={p[digit]:.3f})")  # a name is one line, whatever it holds
     if not files:
-        print(f"error: no image files in {', '.join(map(str, paths))}", file=sys.stderr)
+        print(f"error: no image files in {printable(', '.join(map(str, paths)))}", file=sys.stderr)
         failures += 1
     return failures

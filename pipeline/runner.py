@@ -14,7 +14,9 @@ import json
 import logging
 import os
 import shutil
+import signal
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -23,12 +25,15 @@ from filelock import FileLock, Timeout
 
 from pipeline import cache
 from pipeline.config import Config
+from pipeline.console import printable
 from pipeline.fingerprint import package_versions
 from pipeline.graph import STEPS, RunContext, Step, Upstream, downstream
 from pipeline.store import MANIFEST, ArtifactStore, damage, file_records, now, read_json
 
 log = logging.getLogger("pipeline")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+_stop_requested: list[int] = []  # the signals `stoppable` caught, until it is let go
 LOGGERS = ("pipeline", "components")  # ours; library chatter stays out of run.log
 
 
@@ -67,13 +72,19 @@ def run(cfg: Config, artifacts: Path, components: list[str] | None = None, *,
     ctx = RunContext(run_dir.name, store, model_base(cfg, artifacts))
     log.info("run %s started in %s", run_dir.name, run_dir)
     produced: dict[str, Upstream] = {}
+    step = None
     try:
-        with temp_files_in(run_dir):
-            for name in names:
-                produced[name] = _run_step(store, run_dir, STEPS[name], cfg, ctx, produced,
-                                           use_cache=use_cache and name not in forced)
+        with stoppable(), temp_files_in(run_dir):
+            for step in names:
+                stop_if_requested()
+                produced[step] = _run_step(store, run_dir, STEPS[step], cfg, ctx, produced,
+                                           use_cache=use_cache and step not in forced)
         store.update_run(run_dir, status="succeeded", finished_at=now())
         log.info("run %s succeeded", run_dir.name)
+    except Terminated as stop:
+        store.update_run(run_dir, status="terminated", finished_at=now(), error=str(stop), stopped_in=step)
+        log.error("run %s %s during %s", run_dir.name, stop, step)
+        raise
     except BaseException as err:
         store.update_run(run_dir, status="failed", finished_at=now(), error=error_line(err))
         raise
@@ -87,6 +98,55 @@ def run(cfg: Config, artifacts: Path, components: list[str] | None = None, *,
             logging.getLogger(name).removeHandler(handler)
         handler.close()
     return run_dir
+
+
+class Terminated(BaseException):
+    """SIGTERM (systemctl stop, a scheduler's timeout, kill) or SIGINT (Ctrl-C) arrived. A
+    BaseException, as KeyboardInterrupt: no `except Exception` on the way swallows it."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.signum = signum
+
+    @property
+    def exit_status(self) -> int:
+        return 128 + self.signum  # what a shell reports for a process the signal killed
+
+
+@contextlib.contextmanager
+def stoppable():
+    """While held, SIGTERM and SIGINT raise Terminated in the main thread, so the run records
+    where it stopped and the nightly can tell someone; a second signal during that clean-up
+    acts as it would have (SIGTERM kills, SIGINT raises KeyboardInterrupt)."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread gets signals
+        yield
+        return
+    previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+    if not getattr(previous[signal.SIGTERM], "stoppable", False):  # the outermost: a new stop to wait for
+        _stop_requested.clear()
+
+    def stop(signum, frame):
+        for each, handler in previous.items():
+            signal.signal(each, handler)
+        _stop_requested.append(signum)
+        raise Terminated(signum)
+
+    stop.stoppable = True
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, stop)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def stop_if_requested() -> None:
+    """Raises Terminated again for a signal whose exception was swallowed where it landed: a
+    handler's exception raised inside a destructor or a library's broad `except` is lost there,
+    and the run must still stop before its next step (never push after a SIGTERM)."""
+    if _stop_requested:
+        raise Terminated(_stop_requested[0])
 
 
 @contextlib.contextmanager
@@ -222,8 +282,10 @@ def _run_step(store: ArtifactStore, run_dir: Path, step: Step, cfg: Config, ctx:
     except BaseException as original:
         duration = round(time.perf_counter() - started, 2)
         err = _explained(original, step, upstream)
-        store.update_run(run_dir, step.name, status="failed", duration_s=duration, error=error_line(err))
-        log.error("%s failed after %.1fs: %s", step.name, duration, error_line(err, named=False))
+        store.update_run(run_dir, step.name, status="terminated" if isinstance(err, Terminated) else "failed",
+                         duration_s=duration, error=error_line(err))
+        log.error("%s %s after %.1fs: %s", step.name, "stopped" if isinstance(err, Terminated) else "failed", duration,
+                  error_line(err, named=False))
         if err is original:
             raise
         raise err from original
@@ -257,15 +319,32 @@ def error_line(err: BaseException, *, named: bool = True, limit: int = 400) -> s
         first = f"No space left on device ({first})"  # h5py's words for it say only "write failed"
     if isinstance(err, OSError) and err.errno == errno.ENOSPC:
         first += "; free some space and run the same command again"
+    first = printable(first)
     if len(first) > limit:
         first = first[: limit - 3] + "..."
     component = getattr(err, "component", None)
-    return f"{component} failed: {first}" if named and component else first
+    outcome = "stopped" if isinstance(err, Terminated) else "failed"
+    return f"{component} {outcome}: {first}" if named and component else first
+
+
+class OneLineFormatter(logging.Formatter):
+    """LOG_FORMAT, with every control character of the message escaped: a file name or an error
+    text from outside cannot start a line of its own (a forged event) or reach the terminal as
+    an ANSI sequence. A traceback (--debug) is appended after it as usual."""
+
+    def __init__(self):
+        super().__init__(LOG_FORMAT)
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = printable(record.message)
+        return super().formatMessage(record)
 
 
 def configure_logging(stream=None) -> None:
     """INFO to stderr (or `stream`) for our loggers; the libraries' INFO is per-bundle detail, not progress."""
-    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, stream=stream, force=stream is not None)
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(OneLineFormatter())
+    logging.basicConfig(level=logging.INFO, handlers=[handler], force=stream is not None)
     for noisy in ("apache_beam", "absl", "tensorflow"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
@@ -273,7 +352,7 @@ def configure_logging(stream=None) -> None:
 def _log_to(path: Path) -> logging.Handler:
     """Copies the run's progress into its own run.log, whatever the caller configured."""
     handler = logging.FileHandler(path)
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler.setFormatter(OneLineFormatter())
     handler.setLevel(logging.INFO)
     for name in LOGGERS:
         logger = logging.getLogger(name)

@@ -1,4 +1,5 @@
 """The command line as an operator meets it: exit status and one-line errors."""
+import re
 import subprocess
 import sys
 
@@ -82,3 +83,27 @@ def test_gpu_errors_are_dropped_only_where_no_nvidia_driver_is_loaded():
     assert not chatter(nvidia_driver=True).match(cu_init)  # a driver but no cuInit: why the GPU goes unused
     assert chatter(nvidia_driver=True).match(one_dnn) and chatter(nvidia_driver=False).match(one_dnn)
     assert not chatter(nvidia_driver=False).match(other_error)
+
+
+FORGED = "x\n2026-12-05 19:40:00,000 INFO pipeline: FORGED pushed version 99.txt"
+STAMP = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (INFO|WARNING|ERROR) ")
+
+
+def test_a_file_name_cannot_forge_a_log_line_or_drive_the_terminal(tmp_path, tfds_dir):
+    extra = tmp_path / "extra"
+    (extra / "3").mkdir(parents=True)
+    (extra / "3" / FORGED).write_text("not an image")
+    (extra / "3" / "\x1b[2J\x1b[31mred.png").write_text("not an image either")
+    sets = [a for kv in small_overrides(tfds_dir, **{"ingest.extra_dir": extra}) for a in ("--set", kv)]
+    result = pipeline("--artifacts", tmp_path / "a", "run", "ingest", *sets)
+    assert result.returncode == 0, result.stderr
+    [run_dir] = (tmp_path / "a" / "runs").iterdir()
+    run_log = (run_dir / "run.log").read_text()
+    for text in (run_log, result.stderr):
+        assert "\x1b" not in text
+        assert not any(line.startswith("2026-12-05 19:40:00,000") for line in text.splitlines())
+    assert all(STAMP.match(line) for line in run_log.splitlines()), run_log
+    [warning] = [line for line in run_log.splitlines() if "FORGED" in line]
+    assert STAMP.match(warning)  # the whole name inside the one line of its event
+    assert "extra image skipped: " in warning and r"x\n2026-12-05 19:40:00,000 INFO pipeline: FORGED" in warning
+    assert r"\x1b[2J\x1b[31mred.png" in run_log

@@ -106,3 +106,16 @@ def test_each_bad_file_gets_its_error_and_the_rest_are_classified(full_run, test
 def test_predict_needs_a_served_model(tmp_path, capsys):
     assert main(["--artifacts", str(tmp_path), "predict", str(tmp_path)]) == 1
     assert "no served model" in capsys.readouterr().err
+
+
+def test_a_hostile_file_name_is_one_escaped_line(full_run, test_digits, tmp_path, capsys):
+    good = tmp_path / "seven\n2026-12-05 19:40:00,000 INFO pipeline: FORGED\x1b[31m.png"
+    render_like_a_user(test_digits[0][0], np.random.default_rng(3)).save(good, format="PNG")
+    bad = tmp_path / "bad\nname.png"
+    bad.write_text("not an image")
+    assert main(["--artifacts", str(full_run[0]), "predict", str(good), str(bad)]) == 1
+    out, err = capsys.readouterr()
+    [line] = out.splitlines()
+    assert line.startswith(str(tmp_path) + r"/seven\n2026-12-05 19:40:00,000 INFO pipeline: FORGED\x1b[31m.png: ")
+    [error] = err.splitlines()
+    assert error.startswith(f"error: {tmp_path}" + r"/bad\nname.png: ") and "\x1b" not in out + err
