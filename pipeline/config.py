@@ -192,39 +192,135 @@ class Config(_Section):
     notify: Notify
 
 
+MAX_VALUE_CHARS = 4096  # a --set value, and any string in the configuration (PATH_MAX is 4096)
+MAX_FILE_BYTES = 1 << 20  # a configuration file
+SHOWN_CHARS = 60  # of a value quoted in an error line
+
+
+def quoted(value) -> str:
+    """A value as an error line quotes it: repr, cut to its first characters."""
+    text = repr(value)
+    return text if len(text) <= SHOWN_CHARS else f"{text[:SHOWN_CHARS]}... ({len(text)} characters)"
+
+
+class _NoAliases(yaml.SafeLoader):
+    """YAML without aliases: `*name` repeats an anchored node, and nine nested repeats of nine
+    make a 377-byte value 9**9 strings (YAML's billion laughs). A configuration has no use for
+    them; refused while composing, before anything is expanded."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            raise ConfigError(f"YAML aliases (*{self.peek_event().anchor}) are not accepted in the configuration; "
+                              f"write the value out")
+        return super().compose_node(parent, index)
+
+
+def parse_yaml(text: str, where: str):
+    """`text` (a --set value or a file) read as YAML, bounded; raises yaml.YAMLError for text
+    that is not YAML and ConfigError for YAML the configuration refuses."""
+    try:
+        return yaml.load(text, Loader=_NoAliases)
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: nested too deeply to be a configuration value") from None
+
+
+def _check_sizes(tree, where: str) -> None:
+    """Every string (keys too) at most MAX_VALUE_CHARS: run.json, logs and pages carry them."""
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            _check_sizes(key, where)
+            _check_sizes(value, f"{where}.{key}" if where else str(key))
+    elif isinstance(tree, list):
+        for value in tree:
+            _check_sizes(value, where)
+    elif isinstance(tree, str) and len(tree) > MAX_VALUE_CHARS:
+        raise ConfigError(f"configuration value {where or '(top)'} has {len(tree)} characters, at most "
+                          f"{MAX_VALUE_CHARS} are accepted: {quoted(tree)}")
+
+
 def _apply_override(tree: dict, assignment: str) -> None:
     key, sep, raw = assignment.partition("=")
     if not sep or not key:
-        raise ConfigError(f"--set {assignment!r} is not KEY=VALUE; write e.g. --set train.epochs=3")
+        raise ConfigError(f"--set {quoted(assignment)} is not KEY=VALUE; write e.g. --set train.epochs=3")
+    if len(raw) > MAX_VALUE_CHARS:
+        raise ConfigError(f"--set {quoted(key)}: the value has {len(raw)} characters, at most {MAX_VALUE_CHARS} "
+                          f"are accepted")
     *parents, leaf = key.split(".")
     node = tree
     for i, part in enumerate(parents):
         node = node.get(part) if isinstance(node, dict) else None
         if not isinstance(node, dict):
-            raise ConfigError(f"unknown configuration key {key!r}: {'.'.join(parents[: i + 1])} is not a section")
+            raise ConfigError(f"unknown configuration key {quoted(key)}: {'.'.join(parents[: i + 1])} is not a section")
     if leaf not in node:
         choices = ", ".join(sorted(node))
-        raise ConfigError(f"unknown configuration key {key!r}; keys here are: {choices}")
+        raise ConfigError(f"unknown configuration key {quoted(key)}; keys here are: {choices}")
     try:
-        node[leaf] = yaml.safe_load(raw) if raw.strip() else ""
+        node[leaf] = parse_yaml(raw, f"--set {key}") if raw.strip() else ""
     except yaml.YAMLError:
         node[leaf] = raw  # not YAML: keep the literal string (e.g. a split like train[:10%)
 
 
-def load_config(overrides: list[str] = (), defaults: Path = DEFAULTS) -> Config:
-    """Defaults, then each `KEY=VALUE` override in order, validated as a whole."""
-    tree = yaml.safe_load(defaults.read_text())
+def _layer(tree: dict, layer: dict, where: str, path: str = "") -> None:
+    """`layer` (a configuration file's tree) over `tree`, key by key: a key the defaults do
+    not have is refused as --set refuses it."""
+    for key, value in layer.items():
+        dotted = f"{path}{key}"
+        if not isinstance(key, str) or key not in tree:
+            raise ConfigError(f"{where}: unknown configuration key {quoted(dotted)}; keys here are: "
+                              f"{', '.join(sorted(tree))}")
+        if isinstance(tree[key], dict):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: {dotted} is a section; give its keys under it")
+            _layer(tree[key], value, where, f"{dotted}.")
+        else:
+            tree[key] = value
+
+
+def read_config_file(path: Path) -> dict:
+    """A configuration file in the shape of defaults.yaml, bounded before it is read."""
+    path = Path(path)
+    try:
+        if not path.is_file():
+            raise ConfigError(f"--config {path}: no such file")
+        with open(path, "rb") as f:
+            data = f.read(MAX_FILE_BYTES + 1)
+    except OSError as err:
+        raise ConfigError(f"--config {path}: {err.strerror}") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise ConfigError(f"--config {path}: larger than {MAX_FILE_BYTES} bytes; a configuration is a few hundred")
+    try:
+        tree = parse_yaml(data.decode("utf-8"), f"--config {path}")
+    except (UnicodeDecodeError, yaml.YAMLError) as err:
+        raise ConfigError(f"--config {path} is not YAML text ({quoted(str(err).splitlines()[0])})") from None
+    if tree is None:
+        return {}
+    if not isinstance(tree, dict):
+        raise ConfigError(f"--config {path}: a configuration is a mapping of sections, like defaults.yaml")
+    return tree
+
+
+def load_config(overrides: list[str] = (), config_file: Path | None = None, defaults: Path = DEFAULTS) -> Config:
+    """Defaults, then the configuration file (if any), then each `KEY=VALUE` override in order,
+    validated as a whole. What the fingerprints see is the values, wherever they came from."""
+    tree = parse_yaml(defaults.read_text(), defaults.name)
+    if config_file:
+        _layer(tree, read_config_file(config_file), f"--config {config_file}")
     for assignment in overrides:
         _apply_override(tree, assignment)
+    _check_sizes(tree, "")
     try:
         return Config.model_validate(tree)
     except ValidationError as err:
         first = err.errors()[0]
         key = ".".join(str(p) for p in first["loc"])
         value = first.get("input")
+        message = first["msg"].removeprefix("Value error, ")
+        message = message if len(message) <= 200 else f"{message[:200]}..."  # it may quote the value
         if isinstance(value, dict):  # a check across a section's keys: its message names them
-            raise ConfigError(f"invalid configuration {key}: {first['msg'].removeprefix('Value error, ')}") from None
+            raise ConfigError(f"invalid configuration {key}: {message}") from None
         raise ConfigError(
-            f"invalid configuration {key}={value!r}: {first['msg']}; fix it in {defaults.name} or with --set {key}=..."
+            f"invalid configuration {key}={quoted(value)}: {message}; fix it in "
+            f"{Path(config_file).name if config_file else defaults.name} or with --set {key}=..."
         ) from None
-

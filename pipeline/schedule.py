@@ -49,8 +49,10 @@ WantedBy=timers.target
 """)
 
 
-def nightly_command(artifacts: Path, overrides: list[str]) -> str:
+def nightly_command(artifacts: Path, overrides: list[str], config: Path | None = None) -> str:
     args = [sys.executable, "-m", "pipeline", "--artifacts", str(Path(artifacts).resolve()), "nightly"]
+    if config:
+        args += ["--config", str(Path(config).resolve())]  # read each night: edit the file, not the schedule
     for assignment in overrides:
         args += ["--set", assignment]
     return shlex.join(args)
@@ -64,13 +66,14 @@ def _systemd(text: str) -> str:
     return text.replace("%", "%%")  # systemd reads %x as a specifier (%h: home, %n: unit name, ...)
 
 
-def schedule_files(repo: Path, artifacts: Path, at: str = "02:30", overrides: list[str] = ()) -> dict[str, str]:
+def schedule_files(repo: Path, artifacts: Path, at: str = "02:30", overrides: list[str] = (),
+                   config: Path | None = None) -> dict[str, str]:
     """The crontab line and the systemd service and timer, with this checkout's paths filled in."""
     hour, minute = _parse_time(at)
     repo = Path(repo).resolve()
     log = Path(artifacts).resolve() / "nightly.log"
-    _check_writable(repo, log, *overrides)
-    command = nightly_command(artifacts, list(overrides))
+    _check_writable(repo, log, *overrides, *([Path(config).resolve()] if config else []))
+    command = nightly_command(artifacts, list(overrides), config)
     body = CRONTAB.render(repo=repo, command=command, log=log, mark=CRON_MARK)
     return {
         "crontab": f"{minute} {hour} * * * {_cron(body)}\n",

@@ -66,3 +66,15 @@ def test_hostile_checkout_paths_are_escaped_for_cron_and_systemd_or_refused(tmp_
             schedule.schedule_files(bad, tmp_path / "art")
     with pytest.raises(ValueError, match="cannot schedule"):
         schedule.schedule_files(REPO, tmp_path / "art", overrides=["ingest.extra_dir=/x\n0 * * * * sh"])
+
+
+def test_settings_are_validated_before_a_schedule_is_written(tmp_path, capsys):
+    from pipeline.__main__ import main
+
+    assert main(["--artifacts", str(tmp_path / "art"), "schedule", "--print", "--set", "bogus.key=1"]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and err.strip() == "error: unknown configuration key 'bogus.key': bogus is not a section"
+    config = tmp_path / "night.yaml"
+    config.write_text("train:\n  epochs: 3\n")
+    assert main(["--artifacts", str(tmp_path / "art"), "schedule", "--print", "--config", str(config)]) == 0
+    assert f"nightly --config {config}" in capsys.readouterr().out  # the file is read each night
