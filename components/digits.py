@@ -101,20 +101,36 @@ def image_files(paths: list[Path]) -> list[Path]:
 
 def labelled_images(folder: Path) -> tuple[list[tuple[Path, int]], list[dict]]:
     """A folder laid out as `<digit>/<any name>.<image suffix>`: (path, label) for each image
-    file, and `{path, reason}` for everything else found there, which the caller reports."""
+    file, and `{path, reason}` for everything else found there, which the caller reports.
+    A symbolic link (a digit folder or a file) is followed only when it points inside `folder`:
+    one pointing out would train on whatever it names. Links to folders inside a digit folder
+    are not followed."""
     folder = Path(folder)
+    root = folder.resolve()
     found, skipped = [], []
+
+    def skip(path: Path, reason: str) -> None:
+        skipped.append({"path": str(path), "reason": reason})
+
     for entry in sorted(folder.iterdir()):
         if entry.name.startswith("."):
             continue
-        if not entry.is_dir():
-            skipped.append({"path": str(entry), "reason": "not inside a digit folder (0-9)"})
+        if not entry.resolve().is_relative_to(root):
+            skip(entry, "a symbolic link to outside the folder (not followed)")
+        elif not entry.is_dir():
+            skip(entry, "not inside a digit folder (0-9)")
         elif not (len(entry.name) == 1 and entry.name.isdigit()):
-            skipped.append({"path": str(entry), "reason": f"folder {entry.name!r} is not a digit 0-9"})
+            skip(entry, f"folder {entry.name!r} is not a digit 0-9")
         else:
-            for path in sorted(p for p in entry.rglob("*") if p.is_file() and not p.name.startswith(".")):
-                if path.suffix.lower() in IMAGE_SUFFIXES:
+            for path in sorted(p for p in entry.rglob("*") if not p.name.startswith(".")):
+                if path.is_symlink() and not path.resolve().is_relative_to(root):
+                    skip(path, "a symbolic link to outside the folder (not followed)")
+                elif path.is_symlink() and path.is_dir():
+                    skip(path, "a symbolic link to a folder inside a digit folder (not followed)")
+                elif not path.is_file():
+                    continue
+                elif path.suffix.lower() in IMAGE_SUFFIXES:
                     found.append((path, int(entry.name)))
                 else:
-                    skipped.append({"path": str(path), "reason": f"not an image file ({path.suffix or 'no suffix'})"})
+                    skip(path, f"not an image file ({path.suffix or 'no suffix'})")
     return found, skipped

@@ -24,6 +24,8 @@ def _parser() -> argparse.ArgumentParser:
     configured = argparse.ArgumentParser(add_help=False)
     # Accepted after the sub-command too; SUPPRESS keeps a value given before it.
     configured.add_argument("--artifacts", type=Path, default=argparse.SUPPRESS, help="artifacts root (default: artifacts/)")
+    configured.add_argument("--config", type=Path, metavar="FILE",
+                            help="a YAML file in the shape of pipeline/defaults.yaml, over the defaults (--set goes on top)")
     configured.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                             help="override a configuration key, e.g. --set train.epochs=3 (repeatable)")
 
@@ -76,7 +78,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from pipeline.nightly import EX_TEMPFAIL, NightlyBusy
-    from pipeline.runner import configure_logging, error_line
+    from pipeline.runner import Terminated, configure_logging, error_line
 
     args = _parser().parse_args(argv)
     if not args.debug and argv is None:  # the real command line, not a caller's in-process main()
@@ -89,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     except NightlyBusy as busy:  # not a failure: cron and systemd retry EX_TEMPFAIL later
         print(f"error: {busy}", file=sys.stderr)
         return EX_TEMPFAIL
+    except Terminated as stop:  # recorded in the run as `terminated`; the status a shell gives a signalled process
+        print(f"error: {stop}; the run is recorded as terminated", file=sys.stderr)
+        return stop.exit_status
     except Exception as err:  # one line for the operator; --debug for the traceback
         if args.debug:
             log.exception("failed")
@@ -100,7 +105,7 @@ def _run(args) -> int:
     from pipeline.config import load_config
     from pipeline.runner import run
 
-    cfg = load_config(args.overrides)
+    cfg = load_config(args.overrides, args.config)
     run_dir = run(cfg, args.artifacts, [args.component] if args.component else None,
                   use_cache=not args.no_cache, rerun=args.rerun)
     print(run_dir)
@@ -111,7 +116,7 @@ def _model_base(args) -> Path:
     from pipeline.config import load_config
     from pipeline.runner import model_base
 
-    return model_base(load_config(args.overrides), args.artifacts)
+    return model_base(load_config(args.overrides, args.config), args.artifacts)
 
 
 def _runs(args) -> int:
@@ -182,7 +187,7 @@ def _nightly(args) -> int:
     from pipeline.runner import configure_logging
 
     configure_logging(sys.stdout)  # unattended: the log and the summary in one stream, one line per event
-    return nightly(load_config(args.overrides), args.artifacts)[0]
+    return nightly(load_config(args.overrides, args.config), args.artifacts)[0]
 
 
 def _gc(args) -> int:
@@ -190,7 +195,7 @@ def _gc(args) -> int:
     from pipeline.config import load_config
     from pipeline.nightly import exclusive
 
-    cfg = load_config(args.overrides)
+    cfg = load_config(args.overrides, args.config)
     with exclusive(args.artifacts):  # never while a nightly is running
         found = retention.plan(args.artifacts, _model_base(args), cfg.retention.keep_runs, cfg.retention.keep_versions)
         for path in found.paths():
@@ -203,8 +208,10 @@ def _gc(args) -> int:
 
 def _schedule(args) -> int:
     from pipeline import schedule
+    from pipeline.config import load_config
 
-    files = schedule.schedule_files(Path.cwd(), args.artifacts, args.at, args.overrides)
+    load_config(args.overrides, args.config)  # a schedule whose settings are wrong would fail every night
+    files = schedule.schedule_files(Path.cwd(), args.artifacts, args.at, args.overrides, args.config)
     if args.print:
         for name, text in files.items():
             print(f"# --- {name}\n{text}")
@@ -220,9 +227,14 @@ def _schedule(args) -> int:
 
 def _models(args) -> int:
     from components import serving
+    from pipeline import lineage
+    from pipeline.console import printable
 
     base = _model_base(args)
     rows = serving.listing(base)
+    for other in lineage.served_elsewhere(args.artifacts, base):
+        print(f"also served: {len(serving.versions(other))} version(s) under {printable(other)}; "
+              f"list them with {printable(lineage.elsewhere_hint(other))}")
     if not rows:
         print(f"no served versions under {base}")
         return 0
@@ -232,15 +244,20 @@ def _models(args) -> int:
         if row["broken"]:
             note = f"BROKEN: {row['broken']}; the next blessed model is pushed above it" + (f"; {note}" if note else "")
         accuracy = f"{row['test_accuracy']:.4f}" if "test_accuracy" in row else "?"
-        print(f"{row['version']:>7}  {'*' if row['current'] else '':7}  {row.get('pushed_at', '?'):25}  "
-              f"{accuracy:8}  {row.get('run', '?'):26}  {note}")
+        print(printable(f"{row['version']:>7}  {'*' if row['current'] else '':7}  {row.get('pushed_at', '?'):25}  "
+                        f"{accuracy:8}  {row.get('run', '?'):26}  {note}"))
     return 0
 
 
 def _rollback(args) -> int:
     from components import serving
+    from pipeline import lineage
 
     base = _model_base(args)
+    others = lineage.served_elsewhere(args.artifacts, base)
+    if not serving.versions(base) and others:
+        raise serving.ServingError(f"no served versions under {base}, but runs pushed to {others[0]}; "
+                                   f"roll back there with {lineage.elsewhere_hint(others[0])}")
     version = serving.rollback(base, args.version)
     log.info("now serving version %d (rollback of %d) from %s", version, serving.read_push_record(base, version)["rollback_of"], base)
     return 0
@@ -258,7 +275,7 @@ def _infer(args) -> int:
     from pipeline.inference import run_inference
     from pipeline.store import MANIFEST, read_json
 
-    folder = run_inference(load_config(args.overrides), args.artifacts, args.inputs, args.model)
+    folder = run_inference(load_config(args.overrides, args.config), args.artifacts, args.inputs, args.model)
     summary = read_json(folder / MANIFEST)["result"]
     print(f"{folder}: {summary['images']} image(s) scored, {summary['queued']} queued for review in "
           f"{folder / 'review'}, {summary['bad']} bad file(s) listed in {folder / 'bad_files.jsonl'}")

@@ -47,6 +47,33 @@ def runs(artifacts: Path) -> list[dict]:
     return [run_row(run) for run in ArtifactStore(artifacts).runs()]
 
 
+def model_bases(artifacts: Path) -> list[Path]:
+    """Every model base the runs of this root were set to push to (each run.json's
+    `export.serving_root` and `model_name`), newest first: a command run without the same
+    `--set` still finds the versions a run pushed elsewhere."""
+    store = ArtifactStore(artifacts)
+    found: list[Path] = []
+    for run in reversed(store.runs()):
+        export = run.record.get("config", {}).get("export", {})
+        if export.get("model_name"):
+            base = store.model_base(export.get("serving_root", ""), export["model_name"])
+            found += [] if base in found else [base]
+    return found
+
+
+def served_elsewhere(artifacts: Path, model_base: Path) -> list[Path]:
+    """The model bases other than `model_base` that runs of this root pushed versions to."""
+    from components import serving
+
+    here = Path(model_base).resolve()
+    return [base for base in model_bases(artifacts) if base.resolve() != here and serving.versions(base)]
+
+
+def elsewhere_hint(base: Path) -> str:
+    """The settings that point a command at `base`."""
+    return f"--set export.serving_root={base.parent} --set export.model_name={base.name}"
+
+
 def show_run(artifacts: Path, run_id: str) -> dict:
     run = ArtifactStore(artifacts).run(run_id)
     components = {}

@@ -20,6 +20,7 @@ from filelock import FileLock, Timeout
 
 from pipeline import notify
 from pipeline.config import Config
+from pipeline.console import printable
 from pipeline.graph import STEPS
 from pipeline.lineage import result
 from pipeline.store import MANIFEST, ArtifactStore, Run, now, read_json, write_json_atomic
@@ -35,42 +36,56 @@ class NightlyBusy(RuntimeError):
 
 
 def nightly(cfg: Config, artifacts: Path) -> tuple[int, dict]:
-    """Run one night; return (exit status, summary)."""
-    from pipeline import retention
-    from pipeline.runner import error_line, model_base, run
+    """Run one night; return (exit status, summary). The alert goes out after the lock is let
+    go: a slow mail server never keeps the next night waiting."""
+    from pipeline.runner import stoppable
 
-    artifacts = Path(artifacts)
-    with exclusive(artifacts):
-        started = time.perf_counter()
-        interrupted = _interrupted_run(artifacts)
-        if interrupted:
-            log.info("nightly: run %s was interrupted; its finished work is reused", interrupted)
-        error, run_dir = None, None
-        store = ArtifactStore(artifacts)
-        try:
-            run_dir = run(cfg, artifacts)
-        except Exception as err:  # the summary still gets written; the exit status says it broke
-            error = error_line(err)
-            log.error("nightly: the run failed: %s", error)
-            runs = store.runs()
-            run_dir = runs[-1].path if runs else None
-        inference = None
-        if cfg.nightly.infer_dir and not error:
-            inference, error = _score_inbox(cfg, artifacts)
+    with stoppable(), exclusive(artifacts):
+        status, summary, line = _night(cfg, Path(artifacts))
+    print(line, flush=True)
+    notify.send(cfg.notify, summary, line)  # never raises: an undelivered alert is a warning line
+    return status, summary
+
+
+def _night(cfg: Config, artifacts: Path) -> tuple[int, dict, str]:
+    from pipeline import retention
+    from pipeline.runner import Terminated, error_line, model_base, run, stop_if_requested
+
+    started = time.perf_counter()
+    interrupted = _interrupted_run(artifacts)
+    if interrupted:
+        log.warning("nightly: the last night's run %s was %s%s; its finished work is reused", interrupted["run"],
+                    interrupted["status"], f" during {interrupted['step']}" if interrupted.get("step") else "")
+    error, run_dir, status = None, None, 0
+    store = ArtifactStore(artifacts)
+    try:
+        run_dir = run(cfg, artifacts)
+        stop_if_requested()  # a signal whose exception a library swallowed during the last step
+    except (Exception, Terminated) as err:  # the summary still gets written; the exit status says it broke
+        error = error_line(err)
+        status = err.exit_status if isinstance(err, Terminated) else 1
+        log.error("nightly: the run %s: %s", "was stopped" if status > 1 else "failed", error)
+        runs = store.runs()
+        run_dir = runs[-1].path if runs else None
+    inference = None
+    if cfg.nightly.infer_dir and not error:
+        inference, error = _score_inbox(cfg, artifacts)
+        status = 1 if error else status
+    deleted = 0
+    if status <= 1:  # a stopped night leaves retention to the next one: it must end within seconds
         found = retention.plan(artifacts, model_base(cfg, artifacts), cfg.retention.keep_runs,
                                cfg.retention.keep_versions, active={run_dir.name} if run_dir else set())
         retention.apply(found)
-        summary = summarize(store.run(run_dir.name) if run_dir else None, error, interrupted,
-                            round(time.perf_counter() - started, 1), len(found.paths()))
-        summary["inference"] = inference
-        line = one_line(summary)
-        if run_dir:
-            write_json_atomic(run_dir / SUMMARY, summary)
-            with open(run_dir / "run.log", "a") as run_log:  # the night's last word, beside its events
-                run_log.write(f"{now()} INFO pipeline: {line}\n")
-        print(line, flush=True)
-        notify.send(cfg.notify, summary, line)  # never raises: an undelivered alert is a warning line
-        return (1 if error else 0), summary
+        deleted = len(found.paths())
+    summary = summarize(store.run(run_dir.name) if run_dir else None, error, interrupted,
+                        round(time.perf_counter() - started, 1), deleted, stopped=status > 1)
+    summary["inference"] = inference
+    line = one_line(summary)
+    if run_dir:
+        write_json_atomic(run_dir / SUMMARY, summary)
+        with open(run_dir / "run.log", "a") as run_log:  # the night's last word, beside its events
+            run_log.write(f"{now()} INFO pipeline: {line}\n")
+    return status, summary, line
 
 
 def _score_inbox(cfg: Config, artifacts: Path) -> tuple[dict | None, str | None]:
@@ -109,14 +124,21 @@ def exclusive(artifacts: Path):
         lock.release()
 
 
-def _interrupted_run(artifacts: Path) -> str | None:
-    """The newest run, if its process died before it finished."""
+def _interrupted_run(artifacts: Path) -> dict | None:
+    """The newest run, if it did not finish: its process died (`crashed`, a kill -9 or a power
+    cut, which could tell nobody) or was stopped by a signal (`terminated`); with the step it
+    was in."""
     runs = ArtifactStore(artifacts).runs()
-    return runs[-1].id if runs and runs[-1].status == "crashed" else None
+    last = runs[-1] if runs else None
+    if last is None or last.status not in ("crashed", "terminated"):
+        return None
+    step = last.record.get("stopped_in") or next(
+        (name for name, c in last.record.get("components", {}).items() if c.get("status") == "running"), None)
+    return {"run": last.id, "status": last.status, "step": step}
 
 
-def summarize(run: Run | None, error: str | None, interrupted: str | None, duration_s: float,
-              deleted: int) -> dict:
+def summarize(run: Run | None, error: str | None, interrupted: dict | None, duration_s: float,
+              deleted: int, *, stopped: bool = False) -> dict:
     components = run.record.get("components", {}) if run else {}
     ingest, training, blessing, export = (result(run, name) if run else {}
                                           for name in ("ingest", "train", "evaluate", "export"))
@@ -126,7 +148,7 @@ def summarize(run: Run | None, error: str | None, interrupted: str | None, durat
     resumed_epoch = training.get("resumed_after_epoch", 0) if trained_now else 0
     export_entry = components.get("export", {})
     if error:
-        pushed = f"not pushed: the run failed ({error})"
+        pushed = f"not pushed: the run {'was stopped' if stopped else 'failed'} ({error})"
     elif export_entry.get("status") == "cached":
         pushed = f"not pushed: nothing changed since run {export_entry['from_run']}"
     elif export.get("pushed"):
@@ -137,7 +159,7 @@ def summarize(run: Run | None, error: str | None, interrupted: str | None, durat
         pushed = f"not pushed: version {export.get('already_served')} already serves this model"
     return {
         "run_id": run.id if run else None,
-        "status": "failed" if error else "succeeded",
+        "status": "terminated" if stopped else "failed" if error else "succeeded",
         "error": error,
         "components": {name: c.get("status") for name, c in components.items()},
         "data": {
@@ -153,7 +175,8 @@ def summarize(run: Run | None, error: str | None, interrupted: str | None, durat
         "pushed": export.get("version") if export.get("pushed") and export_entry.get("status") == "succeeded" else None,
         "warnings": blessing.get("warnings", []),
         "push_decision": pushed,
-        "resumed": {"from_run": interrupted, "training_resumed_after_epoch": resumed_epoch} if interrupted else None,
+        "interrupted": interrupted,  # the last night, if it never finished: its alert, if any, is this one
+        "resumed": {"from_run": interrupted["run"], "training_resumed_after_epoch": resumed_epoch} if interrupted else None,
         "duration_s": duration_s,
         "gc_deleted": deleted,
     }
@@ -175,10 +198,12 @@ def one_line(summary: dict) -> str:
     if (summary.get("inference") or {}).get("folder"):
         scored = summary["inference"]
         parts.append(f"scored {scored['images']} inbox image(s), {scored['queued']} queued for review")
-    if summary["resumed"]:
-        parts.append(f"resumed run {summary['resumed']['from_run']} "
-                     f"(training after epoch {summary['resumed']['training_resumed_after_epoch']})")
-    return "; ".join(parts)
+    if summary["interrupted"]:
+        last = summary["interrupted"]
+        parts.append(f"the last night's run {last['run']} was {last['status']}"
+                     + (f" during {last['step']}" if last.get("step") else "")
+                     + f", resumed (training after epoch {summary['resumed']['training_resumed_after_epoch']})")
+    return printable("; ".join(parts))  # file names and error texts from outside: one line, escaped
 
 
 def _pct(value) -> str:

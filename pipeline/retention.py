@@ -2,7 +2,9 @@
 
 Kept, always:
 - the last `retention.keep_runs` runs, and as many inference folders (`infer`);
-- every run behind a kept served version (its push record names the run);
+- every run behind a kept served version (its push record names the run), and behind every
+  version served under another serving root a run of this root pushed to (`lineage.model_bases`):
+  this command prunes only its own model's versions;
 - every run whose artifacts a kept run uses, through the cache or as an upstream input,
   followed transitively, so no kept manifest ever points at a deleted artifact;
 - the last `retention.keep_versions` served versions, and whatever the count, the
@@ -27,6 +29,7 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from pipeline.graph import STEPS
+from pipeline.lineage import served_elsewhere
 from pipeline.store import MANIFEST, RUN_RECORD, ArtifactStore, read_json, run_id_of
 
 log = logging.getLogger("pipeline")
@@ -83,6 +86,8 @@ def plan(artifacts: Path, model_base: Path, keep_runs: int, keep_versions: int,
     keep = {p.name for p in run_dirs[-keep_runs:]} if keep_runs > 0 else set()
     keep |= set(active)
     keep |= {serving.read_push_record(model_base, v).get("run") for v in kept_versions} - {None}
+    for base in served_elsewhere(artifacts, model_base):  # pushed under other settings: kept, and their runs
+        keep |= {serving.read_push_record(base, v).get("run") for v in serving.versions(base)} - {None}
     todo = list(keep)
     while todo:  # everything a kept run uses is kept, transitively
         name = todo.pop()

@@ -3,8 +3,12 @@ from __future__ import annotations
 
 import contextlib
 import getpass
+import json
 import os
+import queue
 import tempfile
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
@@ -77,3 +81,27 @@ def store(full_run, tmp_path):
     root = tmp_path / "artifacts"
     shutil.copytree(full_run[0], root)
     return root
+
+
+@pytest.fixture
+def webhook():
+    """A loopback HTTP server; yields (url, queue of (path, JSON body))."""
+    received: queue.Queue = queue.Queue()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.put((self.path, self.headers["Content-Type"], json.loads(body)))
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/hooks/T000/secret", received
+    server.shutdown()
+    server.server_close()

@@ -153,3 +153,23 @@ def test_an_example_has_the_same_bytes_in_every_process():
     digests = {subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=120,
                               env={**os.environ, "PYTHONHASHSEED": str(seed)}).stdout for seed in (1, 3, 5)}
     assert len(digests) == 1 and len(next(iter(digests))) == 64
+
+
+def test_symbolic_links_in_extra_dir_are_followed_only_inside_it(tmp_path):
+    from components.digits import labelled_images
+
+    outside, extra = tmp_path / "outside", tmp_path / "extra"
+    (outside / "7").mkdir(parents=True)
+    (extra / "3").mkdir(parents=True)
+    for folder, name in ((outside / "7", "secret.png"), (outside, "loose.png"), (extra / "3", "three.png")):
+        Image.new("L", (28, 28)).save(folder / name)
+    (extra / "7").symlink_to(outside / "7")  # a digit folder pulling images from elsewhere
+    (extra / "3" / "linked.png").symlink_to(outside / "loose.png")  # a file from elsewhere
+    (extra / "3" / "again.png").symlink_to(extra / "3" / "three.png")  # inside: followed
+    (extra / "5").symlink_to(extra / "3")  # inside: followed, labelled 5
+    found, skipped = labelled_images(extra)
+    assert sorted((p.relative_to(extra).as_posix(), label) for p, label in found) == [
+        ("3/again.png", 3), ("3/three.png", 3), ("5/again.png", 5), ("5/three.png", 5)]
+    outside_links = {Path(s["path"]).relative_to(extra).as_posix() for s in skipped
+                     if s["reason"] == "a symbolic link to outside the folder (not followed)"}
+    assert outside_links == {"7", "3/linked.png", "5/linked.png"}

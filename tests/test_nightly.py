@@ -121,3 +121,29 @@ def test_bad_extra_files_are_listed_and_the_night_still_succeeds(store, tfds_dir
     record = json.loads((store / "runs" / summary["run_id"] / "run.json").read_text())
     for component in record["components"].values():
         assert "reused" not in component or (store / "runs").joinpath(*component["reused"].split("/runs/")[1:]).is_dir()
+
+
+def test_a_nightly_stopped_by_sigterm_records_where_and_alerts_and_the_next_night_says_so(store, tfds_dir, webhook):
+    url, received = webhook
+    settings = {"train.epochs": 8, "train.stop": "none", "notify.webhook": url}
+    stopped = _start(store, tfds_dir, **settings)
+    _wait_for(lambda: list((store / "backups").glob("*/epoch/training_metadata.json")) or stopped.poll() is not None)
+    stopped.send_signal(signal.SIGTERM)  # what systemctl stop and most schedulers send
+    out, err = stopped.communicate(timeout=60)
+    assert stopped.returncode == 128 + signal.SIGTERM, err
+    run_dir = max((store / "runs").iterdir())
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["status"] == "terminated" and record["stopped_in"] == "train"
+    assert record["components"]["train"]["status"] == "terminated"
+    summary = json.loads((run_dir / SUMMARY).read_text())
+    assert summary["status"] == "terminated" and "stopped by SIGTERM" in summary["error"]
+    _, _, alert = received.get(timeout=30)
+    assert alert["event"] == "failure" and alert["run_id"] == run_dir.name
+    assert alert["text"] == [line for line in out.splitlines() if line.startswith("nightly ")][-1]
+    assert "not pushed: the run was stopped (train stopped: stopped by SIGTERM)" in alert["text"]
+
+    status, summary = nightly(load_config(small_overrides(tfds_dir, **settings)), store)
+    assert status == 0
+    assert summary["interrupted"] == {"run": run_dir.name, "status": "terminated", "step": "train"}
+    _, _, alert = received.get(timeout=30)  # told although notify.on is `failure`: nobody heard of the last one
+    assert f"the last night's run {run_dir.name} was terminated during train, resumed" in alert["text"]

@@ -7,43 +7,20 @@ import queue
 import shutil
 import socket
 import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
+import time
 
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
+from filelock import FileLock, Timeout
 
 from conftest import small_overrides
 from pipeline import notify
 from pipeline.config import ConfigError, load_config
-from pipeline.nightly import nightly
+from pipeline.nightly import LOCK, nightly
 
 WAIT_S = 30  # bounded: a notification that never comes fails the test, it does not hang it
 FAIL = {"validation.min_examples": 100000}  # the night stops at validate, in seconds
-
-
-@pytest.fixture
-def webhook():
-    """A loopback HTTP server; yields (url, queue of (path, JSON body))."""
-    received: queue.Queue = queue.Queue()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            received.put((self.path, self.headers["Content-Type"], json.loads(body)))
-            self.send_response(200)
-            self.end_headers()
-            self.wfile.write(b"ok")
-
-        def log_message(self, *args):
-            pass
-
-    server = HTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/hooks/T000/secret", received
-    server.shutdown()
-    server.server_close()
 
 
 @pytest.fixture
@@ -176,3 +153,55 @@ def test_which_nights_are_told():
 def test_notify_settings_are_checked_before_anything_runs(setting, message):
     with pytest.raises(ConfigError, match=message.replace(".", r"\.").replace("/", "/")):
         load_config([setting])
+
+
+@pytest.fixture
+def trickling_webhook(store):
+    """A loopback server that reads the POST, notes whether the nightly lock is free, then answers
+    one header byte every 0.5 s (bounded: 60 bytes at most, and it stops when the client goes)."""
+    seen: queue.Queue = queue.Queue()
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(WAIT_S)
+
+    def serve():
+        try:
+            connection, _ = listener.accept()
+        except OSError:
+            return
+        with connection:
+            connection.settimeout(WAIT_S)
+            request = b""
+            while b"\r\n\r\n" not in request:
+                request += connection.recv(65536)
+            try:
+                FileLock(store / LOCK).acquire(timeout=0).lock.release()
+                lock_free = True
+            except Timeout:
+                lock_free = False
+            seen.put((time.monotonic(), lock_free))
+            for byte in b"HTTP/1.1 200 OK\r\n" * 4:
+                try:
+                    connection.sendall(bytes([byte]))
+                except OSError:
+                    return  # the client hung up: the deadline worked
+                time.sleep(0.5)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}/hook", seen
+    listener.close()
+    thread.join(WAIT_S)
+
+
+def test_a_trickling_webhook_is_cut_off_at_the_deadline_with_the_lock_already_free(store, tfds_dir,
+                                                                                   trickling_webhook, caplog):
+    url, seen = trickling_webhook
+    cfg = load_config(small_overrides(tfds_dir, **FAIL, **{"notify.webhook": url, "notify.timeout_s": 2}))
+    with caplog.at_level(logging.WARNING, logger="pipeline"):
+        status, _ = nightly(cfg, store)
+    returned = time.monotonic()
+    asked, lock_free = seen.get(timeout=WAIT_S)
+    assert status == 1 and lock_free  # the next night could have started while this one was alerting
+    assert returned - asked < 2 + 1  # notify.timeout_s for the whole delivery, not per byte
+    [warning] = _notify_warnings(caplog)
+    assert "(TimeoutError: no complete answer before the notify.timeout_s deadline)" in warning
