@@ -65,3 +65,25 @@ def test_active_runs_and_their_scratch_are_never_touched(tmp_path):
     (tmp_path / "runs" / "r1" / ".train-in-progress").mkdir()
     found = retention.plan(tmp_path, tmp_path / "serving" / "mnist", keep_runs=0, keep_versions=0, active={"r1"})
     assert found.paths() == []
+
+
+def test_runs_behind_versions_pushed_to_another_serving_root_are_kept_and_named(tmp_path, capsys):
+    from pipeline.__main__ import main
+
+    root = tmp_path
+    for run_id, serving_root in (("r1", "elsewhere"), ("r2", ""), ("r3", "")):
+        run_dir = _run(root, run_id)
+        record = json.loads((run_dir / "run.json").read_text())
+        record["config"] = {"export": {"serving_root": serving_root, "model_name": "mnist"}}
+        (run_dir / "run.json").write_text(json.dumps(record))
+    _version(root / "elsewhere" / "mnist", 1, "r1", None)  # r1 ran with --set export.serving_root=elsewhere
+
+    # Without that setting: r1 is past keep_runs=1, but the version it pushed still serves.
+    assert main(["--artifacts", str(root), "gc", "--dry-run", "--set", "retention.keep_runs=1"]) == 0
+    planned = [line.removeprefix("would delete ") for line in capsys.readouterr().out.splitlines()]
+    assert planned == [str(root / "runs" / "r2"), "1 to delete"]
+    assert main(["--artifacts", str(root), "models"]) == 0
+    assert (f"also served: 1 version(s) under {root / 'elsewhere' / 'mnist'}; list them with "
+            f"--set export.serving_root={root / 'elsewhere'} --set export.model_name=mnist") in capsys.readouterr().out
+    assert main(["--artifacts", str(root), "rollback"]) == 1
+    assert f"roll back there with --set export.serving_root={root / 'elsewhere'}" in capsys.readouterr().err
