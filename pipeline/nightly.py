@@ -69,8 +69,11 @@ def _night(cfg: Config, artifacts: Path) -> tuple[int, dict, str]:
         run_dir = runs[-1].path if runs else None
     inference = None
     if cfg.nightly.infer_dir and not error:
-        inference, error = _score_inbox(cfg, artifacts)
-        status = 1 if error else status
+        try:
+            inference, error = _score_inbox(cfg, artifacts)
+            status = 1 if error else status
+        except Terminated as stop:  # after the push: the night is still summed up and told
+            error, status = f"scoring {cfg.nightly.infer_dir} stopped: {stop}", stop.exit_status
     deleted = 0
     if status <= 1:  # a stopped night leaves retention to the next one: it must end within seconds
         found = retention.plan(artifacts, model_base(cfg, artifacts), cfg.retention.keep_runs,
