@@ -8,7 +8,7 @@ ARGS ?=
 MANUAL_DIR ?=
 OFFLINE := $(if $(MANUAL_DIR),--set ingest.manual_dir=$(MANUAL_DIR))
 
-.PHONY: help install pipeline component test models nightly bench-models bench-accuracy bench-train bench-cache bench-scale bench-user-images bench-infer clean
+.PHONY: help install pipeline component test docs models nightly bench-models bench-accuracy bench-train bench-cache bench-scale bench-user-images bench-infer clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -16,7 +16,7 @@ help: ## list the targets
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test,docs]'
 	touch $@
 
 install: $(VENV)/.installed ## build .venv with the pinned dependencies
@@ -36,6 +36,10 @@ models: install ## list the served model versions
 
 test: install ## run the test suite (needs ../shared/data/mnist, or MNIST_MIRROR=dir)
 	$(PY) -m pytest
+
+# NO_MKDOCS_2_WARNING: mkdocs-material prints a notice about its successor on every build.
+docs: install ## build the documentation site into site/ (mkdocs, strict)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
 
 clean: ## remove run output (artifacts/) but keep the environment
 	rm -rf artifacts/runs artifacts/serving artifacts/backups

@@ -55,11 +55,11 @@ def _assert_serves_the_test_slice(root, run_dir):
     assert json.loads((served / "assets.extra" / "push.json").read_text())["run"] == run_dir.name
 
 
-def test_readme_python_example_runs_against_a_served_model(full_run, capsys):
+def test_serving_docs_python_example_runs_against_a_served_model(full_run, capsys):
     from conftest import REPO
 
-    readme = (REPO / "README.md").read_text()
-    snippet = readme.split("From Python:\n\n```python\n", 1)[1].split("```", 1)[0]
+    serving_docs = (REPO / "docs" / "serving.md").read_text()
+    snippet = serving_docs.split("From Python:\n\n```python\n", 1)[1].split("```", 1)[0]
     served = full_run[0] / "serving" / "mnist" / "1"
     namespace = {}
     exec(snippet.replace("artifacts/serving/mnist/1", str(served)), namespace)
