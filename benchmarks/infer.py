@@ -48,7 +48,7 @@ def photos(folder: Path, count: int, artifacts: Path) -> Path:
     import numpy as np
 
     from benchmarks.user_images import render_like_a_user
-    from components.records import iter_examples
+    from components.common.records import iter_examples
     from pipeline.store import ArtifactStore
 
     latest = ArtifactStore(artifacts).latest("ingest")

@@ -27,7 +27,7 @@ SUMMARY_COLUMNS = ("preset", "seeds", "mean_accuracy", "min_accuracy", "max_accu
 
 
 def main(argv: list[str] | None = None) -> int:
-    from components.presets import PRESETS
+    from components.training.presets import PRESETS
     from pipeline.config import load_config
     from pipeline.runner import configure_logging, run
 
@@ -91,10 +91,10 @@ def averaged_accuracy(run_dirs: list[Path]) -> float:
     model and the test split read where each run's evaluate manifest says it read them."""
     import numpy as np
 
-    from components import models
+    from components.common.records import iter_examples
+    from components.common.transform import scale_pixels
     from components.evaluate import BATCH_SIZE
-    from components.records import iter_examples
-    from components.transform import scale_pixels
+    from components.training import models
     from pipeline.store import MANIFEST, read_manifest
 
     inputs = [read_manifest(d / "evaluate" / MANIFEST)["inputs"] for d in run_dirs]

@@ -111,11 +111,11 @@ def shifted_copies(images, size: float):
 
 
 def build_examples(mirror: Path, folder: Path, size: float) -> Path:
-    """Ingest's output format (see components/records.py) for `size` x MNIST train, written once."""
+    """Ingest's output format (see components/common/records.py) for `size` x MNIST train, written once."""
     import tensorflow as tf
 
+    from components.common.records import serialize_example
     from components.ingest import EXAMPLES_PER_SHARD
-    from components.records import serialize_example
 
     if (folder / "ingest.json").is_file():
         return folder
@@ -201,8 +201,8 @@ def preprocess_in_numpy(examples: Path, transformed: Path, batch_size: int = 102
     """The preprocess job without Beam: one process, preprocess's own functions, the same files."""
     import tensorflow as tf
 
+    from components.common.records import serialize_scaled
     from components.preprocess import SplitStatistics, assign_split, decode_raw_example, scale_batch
-    from components.records import serialize_scaled
 
     transformed.mkdir(parents=True, exist_ok=True)
     writers = {name: tf.io.TFRecordWriter(str(transformed / f"{name}-00000-of-00001.tfrecord"))

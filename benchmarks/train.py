@@ -32,7 +32,7 @@ SUMMARY_COLUMNS = ("preset", "way", "epochs", "seconds", "cpu_busy", "images_per
 
 
 def main(argv: list[str] | None = None) -> int:
-    from components.presets import PRESETS
+    from components.training.presets import PRESETS
     from pipeline.config import load_config
     from pipeline.runner import configure_logging, run
 
@@ -86,10 +86,10 @@ def _train_like_a_notebook(transformed: Path, cfg) -> dict:
     """The seed notebooks' way: the whole split as NumPy arrays straight into `model.fit`."""
     import keras
 
-    from components.callbacks import EpochLog
-    from components.models import compiled_model
-    from components.presets import Preset, resolve_settings
-    from components.training_data import read_split, split_size
+    from components.training.callbacks import EpochLog
+    from components.training.models import compiled_model
+    from components.training.presets import Preset, resolve_settings
+    from components.training.training_data import read_split, split_size
 
     preset_fields = {f.name for f in dataclasses.fields(Preset)}
     settings = resolve_settings(cfg.train.preset, **cfg.train.model_dump(include=preset_fields))

@@ -33,9 +33,9 @@ def render_like_a_user(digit: np.ndarray, rng: np.random.Generator) -> Image.Ima
 
 
 def main(argv: list[str] | None = None) -> int:
-    from components.digits import load_image, to_mnist
-    from components.client import predict_saved_model
-    from components.records import read_examples
+    from components.common.digits import load_image, to_mnist
+    from components.common.records import read_examples
+    from components.serving.client import predict_saved_model
     from pipeline.config import load_config
     from pipeline.predict import resolve_model
     from pipeline.runner import model_base

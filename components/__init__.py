@@ -1,13 +1,15 @@
-"""Pipeline steps, one module each (ingest, preprocess, validate, train, evaluate, export),
-and the pieces they share, each its own module so that a step's code fingerprint covers
-only the code it runs: `records` (the TFRecord formats, their writers and readers),
-`transform` (the one scaling), `presets` (models by name, Keras-free) and `models` (their
-architectures, compiled), `training_data` (training's batch stream), `callbacks` (training's
-Keras callbacks), `distribute` (tf.distribute strategies by name, and the Keras patch they
-need), `client` (a SavedModel called as a serving client calls it), `serving` (the TF
-Serving directory layout), `infra_validator` (what will be pushed, loaded and called by a
-clean process), `model_card` (the card each served version carries), `digits` (user images
-to MNIST form)."""
+"""The pipeline's steps, one module each, and the pieces they use, grouped by who uses them:
+
+    ingest.py preprocess.py validate.py train.py evaluate.py export.py   the steps of the graph
+    infer.py                                                             batch scoring (`infer`)
+    training/   the train step's pieces (presets, models, batch stream, callbacks, tf.distribute)
+    serving/    the served versions (its __init__: TF Serving's layout, push, rollback) and
+                export's pieces: servable (the loadability check), client, infra_validator,
+                model_card and its templates
+    common/     what several steps share: records, transform, digits, versions
+
+Each piece is its own module so that a step's code fingerprint covers only the code it runs
+(pipeline/fingerprint.py follows the imports)."""
 
 import os
 

@@ -20,10 +20,11 @@ import seaborn as sns
 from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global figure state
 from sklearn.metrics import classification_report, confusion_matrix, log_loss
 
-from components import models, serving
-from components.client import serving_function
-from components.records import iter_examples
-from components.transform import NUM_CLASSES, scale_pixels
+from components import serving
+from components.common.records import iter_examples
+from components.common.transform import NUM_CLASSES, scale_pixels
+from components.serving.client import serving_function
+from components.training import models
 
 CLASSES = list(range(NUM_CLASSES))
 WORST_SHOWN = 24  # misclassified test images in the grid, most confident first

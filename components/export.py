@@ -22,10 +22,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from components import infra_validator, model_card, models, serving
-from components.client import predict_saved_model
-from components.records import iter_examples
-from components.transform import scale_pixels
+from components import serving
+from components.common.records import iter_examples
+from components.common.transform import scale_pixels
+from components.serving import infra_validator, model_card
+from components.serving.client import predict_saved_model
+from components.training import models
 
 log = logging.getLogger(__name__)
 TOLERANCE = 1e-5  # float32 graph vs eager: anything above this is a real difference

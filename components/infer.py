@@ -24,7 +24,7 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from components.digits import IMAGE_SUFFIXES, ImageError, load_image, to_mnist
+from components.common.digits import IMAGE_SUFFIXES, ImageError, load_image, to_mnist
 
 TOP = 3
 SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
@@ -59,7 +59,7 @@ class _ReadImage(beam.DoFn):
 
 
 def _from_record(element: tuple[str, bytes]) -> dict:
-    from components.records import parse_example
+    from components.common.records import parse_example
 
     filename, record = element
     pixels, _ = parse_example(record)
@@ -76,7 +76,7 @@ class _Predict(beam.DoFn):
         self.saved_model, self.previous_model, self.review_below = saved_model, previous_model, review_below
 
     def setup(self):
-        from components.client import serving_function
+        from components.serving.client import serving_function
 
         self.predict = serving_function(Path(self.saved_model))
         self.previous = serving_function(Path(self.previous_model)) if self.previous_model else None

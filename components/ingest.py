@@ -24,8 +24,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from components.digits import ImageError, labelled_images, load_image, to_mnist
-from components.records import serialize_example
+from components.common.digits import ImageError, labelled_images, load_image, to_mnist
+from components.common.records import serialize_example
 
 if not sys.stderr.isatty():
     tfds.disable_progress_bar()  # a person at a terminal sees TFDS's bars; unattended logs stay lines

@@ -22,8 +22,8 @@ import numpy as np
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from components.records import SCALED_FEATURES, parse_example, serialize_scaled
-from components.transform import NUM_CLASSES, scale_pixels
+from components.common.records import SCALED_FEATURES, parse_example, serialize_scaled
+from components.common.transform import NUM_CLASSES, scale_pixels
 
 HASH_BUCKETS = 10_000
 _progress = None  # the terminal's bar while an in-process runner runs the job; None in workers

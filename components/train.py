@@ -16,11 +16,11 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from components import distribute
-from components.callbacks import Backup, EpochLog, ProgressBar, stop_callback, stop_reason
-from components.models import compiled_model, in_float32
-from components.presets import resolve_settings
-from components.training_data import SHUFFLE_BUFFER, read_split, split_size, steps_per_execution
+from components.training import distribute
+from components.training.callbacks import Backup, EpochLog, ProgressBar, stop_callback, stop_reason
+from components.training.models import compiled_model, in_float32
+from components.training.presets import resolve_settings
+from components.training.training_data import SHUFFLE_BUFFER, read_split, split_size, steps_per_execution
 
 log = logging.getLogger(__name__)
 VALIDATION_BATCH = 1024
@@ -33,7 +33,7 @@ def train(transformed: Path, model: Path, *, preset: str = "best", seed: int = 4
     `overrides` are the preset fields (epochs, batch_size, optimizer, learning_rate, stop,
     monitor, threshold, patience, precision); None keeps the preset's value. The training
     split streams from its shards through a shuffle buffer of `shuffle_buffer` records.
-    `strategy` names the `tf.distribute` strategy (components/distribute.py); the saved model
+    `strategy` names the `tf.distribute` strategy (components/training/distribute.py); the saved model
     is the same Keras model, in float32, whichever trained it and in whatever precision.
     With `backup_dir`, every finished epoch is backed up there (each worker of a multi-worker
     training in its own folder), and a training killed and started again with the same

@@ -285,7 +285,7 @@ def _infer(args) -> int:
 def _presets(args) -> int:
     import dataclasses
 
-    from components.presets import PRESETS
+    from components.training.presets import PRESETS
 
     for name, preset in PRESETS.items():
         settings = {k: v for k, v in dataclasses.asdict(preset).items() if v is not None}

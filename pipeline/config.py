@@ -7,7 +7,7 @@ from typing import Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from components.distribute import STRATEGIES  # no TensorFlow: it is imported only when a strategy is made
+from components.training.distribute import STRATEGIES  # no TensorFlow: it is imported only when a strategy is made
 
 DEFAULTS = Path(__file__).with_name("defaults.yaml")
 
@@ -55,7 +55,7 @@ class Train(_Section):
     @field_validator("preset")
     @classmethod
     def _known_preset(cls, name: str) -> str:
-        from components.presets import PRESETS
+        from components.training.presets import PRESETS
 
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
@@ -67,7 +67,7 @@ class Train(_Section):
         checked now rather than after ingest and preprocess have run."""
         from dataclasses import fields
 
-        from components.presets import Preset, resolve_settings
+        from components.training.presets import Preset, resolve_settings
 
         resolve_settings(self.preset, **{f.name: getattr(self, f.name) for f in fields(Preset) if hasattr(self, f.name)})
         return self
@@ -121,7 +121,7 @@ class Export(_Section):
     # One plain folder name: `..` or `.` would push outside the serving root, or into it.
     model_name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
     verify_examples: int = Field(ge=1)
-    # Infra validation (components/infra_validator.py): a clean process loads what will be pushed.
+    # Infra validation (components/serving/infra_validator.py): a clean process loads what will be pushed.
     infra_load_timeout_s: float = Field(gt=0.0, le=3600.0)
     infra_tries: int = Field(ge=1, le=10)
     infra_latency_requests: int = Field(ge=1, le=10000)

@@ -17,7 +17,7 @@ import struct
 from functools import lru_cache
 from pathlib import Path
 
-from components.versions import versions_of
+from components.common.versions import versions_of
 
 ROOT = Path(__file__).resolve().parents[1]  # the project: components/ and pipeline/ live here
 PROJECT_PACKAGES = ("components", "pipeline")

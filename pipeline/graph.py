@@ -150,8 +150,8 @@ def _prepare_training(cfg: Config, names: list[str]) -> bool:
     thread pools for the preset's batch parts, and joins this process to the multi-worker
     training TF_CONFIG describes. Every worker trains, and never from the cache (the others
     wait for it); only the chief goes on."""
-    from components import distribute
-    from components.presets import resolve_settings
+    from components.training import distribute
+    from components.training.presets import resolve_settings
 
     distribute.split_threads(resolve_settings(cfg.train.preset).batch_splits)
     if cfg.train.strategy != "multi_worker":

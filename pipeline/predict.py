@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from components import serving
-from components.digits import ImageError, image_files, load_image, to_mnist
+from components.common.digits import ImageError, image_files, load_image, to_mnist
 from pipeline.console import printable
 
 
@@ -30,7 +30,7 @@ def resolve_model(model: str | None, model_base: Path) -> Path:
 
 def predict_files(paths: list[Path], saved_model: Path, as_json: bool = False) -> int:
     """Print one line per image; bad files get an error line and the rest go on. Returns the failure count."""
-    from components.client import predict_saved_model
+    from components.serving.client import predict_saved_model
 
     files = image_files(paths)
     digits, good, failures = [], [], 0

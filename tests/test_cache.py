@@ -49,7 +49,7 @@ def test_editing_a_module_preprocess_imports_reruns_preprocess_and_downstream(st
     source = tmp_path / "source"
     for package in ("components", "pipeline"):
         shutil.copytree(REPO / package, source / package, ignore=shutil.ignore_patterns("__pycache__"))
-    with open(source / "components" / "transform.py", "a") as f:
+    with open(source / "components" / "common" / "transform.py", "a") as f:
         f.write("\n# an edit to the scaling module, which preprocess imports (ingest does not)\n")
     monkeypatch.setattr(fingerprint, "ROOT", source)
     statuses = _statuses(_run(store, tfds_dir))
@@ -63,7 +63,7 @@ def test_editing_the_model_card_template_reruns_export_only(store, full_run, tfd
     source = tmp_path / "source"
     for package in ("components", "pipeline"):
         shutil.copytree(REPO / package, source / package, ignore=shutil.ignore_patterns("__pycache__"))
-    template = source / "components" / "templates" / "model_card.md.j2"
+    template = source / "components" / "serving" / "templates" / "model_card.md.j2"
     template.write_text(template.read_text() + "\nReviewed by the platform team.\n")
     monkeypatch.setattr(fingerprint, "ROOT", source)
     assert fingerprint.code_digest("components.export", source) != fingerprint.code_digest("components.export", REPO)
@@ -164,6 +164,6 @@ def test_a_comment_edit_of_ingest_executes_ingest_and_reuses_everything_after_it
 
 
 def test_an_edit_of_the_saved_model_client_reruns_evaluate_and_export_not_train(store, tfds_dir, tmp_path, monkeypatch):
-    _edited_copy(tmp_path, monkeypatch, "components/client.py", "# an edit to how a SavedModel is called")
+    _edited_copy(tmp_path, monkeypatch, "components/serving/client.py", "# an edit to how a SavedModel is called")
     assert _statuses(_run(store, tfds_dir)) == {"ingest": "cached", "preprocess": "cached", "validate": "cached",
                                                 "train": "cached", "evaluate": "succeeded", "export": "succeeded"}

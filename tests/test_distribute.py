@@ -35,8 +35,8 @@ def _tf_config(ports: list[int], index: int) -> str:
 
 
 def test_two_workers_train_one_model_and_the_chief_pushes_it(tmp_path, full_run, tfds_dir):
-    from components.client import predict_saved_model
-    from components.records import read_examples
+    from components.common.records import read_examples
+    from components.serving.client import predict_saved_model
     from pipeline.store import ArtifactStore
 
     root, default_run, _ = full_run
@@ -131,7 +131,7 @@ def _tiny_fit_inputs(strategy_name: str):
     import keras
     import tensorflow as tf
 
-    from components import distribute
+    from components.training import distribute
 
     distribution = distribute.strategy(strategy_name)
     with distribution.scope():
@@ -144,7 +144,7 @@ def _tiny_fit_inputs(strategy_name: str):
 def test_the_keras_patch_holds_for_the_fit_inside_it_only():
     from keras.src.backend.tensorflow import trainer
 
-    from components import distribute
+    from components.training import distribute
 
     keras_reduce = trainer.reduce_per_replica
     net, dataset, distribution = _tiny_fit_inputs("mirrored")
@@ -163,7 +163,7 @@ def test_the_keras_patch_refuses_another_keras_series_and_the_default_strategy_n
     import keras
     from keras.src.backend.tensorflow import trainer
 
-    from components import distribute
+    from components.training import distribute
 
     keras_reduce = trainer.reduce_per_replica
     monkeypatch.setattr(keras, "__version__", "3.16.0")
@@ -179,7 +179,7 @@ def test_the_keras_patch_refuses_another_keras_series_and_the_default_strategy_n
 
 
 def test_the_runner_gives_each_batch_part_its_own_cores_before_tensorflow_starts(monkeypatch):
-    from components import distribute
+    from components.training import distribute
     from pipeline.config import load_config
     from pipeline.graph import STEPS
 

@@ -6,7 +6,7 @@ import tensorflow as tf
 
 from conftest import small_overrides
 
-from components.records import read_examples
+from components.common.records import read_examples
 
 
 def test_saved_model_serves_raw_uint8_with_the_evaluated_accuracy(full_run):

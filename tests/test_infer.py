@@ -9,7 +9,7 @@ import pytest
 
 from benchmarks.user_images import render_like_a_user
 from conftest import small_overrides
-from components.records import read_examples
+from components.common.records import read_examples
 from pipeline.__main__ import main
 from pipeline.config import load_config
 

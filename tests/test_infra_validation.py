@@ -10,9 +10,10 @@ import pytest
 import tensorflow as tf
 
 from components import export as export_component
-from components import infra_validator, serving
-from components.client import predict_saved_model
-from components.records import iter_examples
+from components import serving
+from components.common.records import iter_examples
+from components.serving import infra_validator
+from components.serving.client import predict_saved_model
 from conftest import REPO
 from pipeline.fingerprint import served_digest
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from components.digits import load_image, to_mnist
+from components.common.digits import load_image, to_mnist
+from components.common.records import read_examples
 from components.ingest import MirrorError, ingest
-from components.records import read_examples
 
 
 def test_ingest_writes_the_requested_slices(tmp_path, mirror, tfds_dir):
@@ -147,7 +147,7 @@ def test_an_example_has_the_same_bytes_in_every_process():
 
     from conftest import REPO
 
-    probe = ("import hashlib, sys, numpy as np; from components.records import serialize_example, serialize_scaled; "
+    probe = ("import hashlib, sys, numpy as np; from components.common.records import serialize_example, serialize_scaled; "
              "sys.stdout.write(hashlib.sha256(serialize_example(bytes(range(256)) * 3 + bytes(16), 7)"
              " + serialize_scaled((np.linspace(0, 1, 784, dtype=np.float32), 3))).hexdigest())")
     digests = {subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=120,
@@ -156,7 +156,7 @@ def test_an_example_has_the_same_bytes_in_every_process():
 
 
 def test_symbolic_links_in_extra_dir_are_followed_only_inside_it(tmp_path):
-    from components.digits import labelled_images
+    from components.common.digits import labelled_images
 
     outside, extra = tmp_path / "outside", tmp_path / "extra"
     (outside / "7").mkdir(parents=True)

@@ -11,15 +11,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from components.models import SplitBatch, build, compiled_model
+from components.training.models import SplitBatch, build, compiled_model
 from conftest import REPO
-from components.presets import PRESETS
-from components.preprocess import preprocess
 from components.ingest import ingest
-from components.callbacks import StopAtThreshold, stop_callback
-from components.presets import resolve_settings
+from components.preprocess import preprocess
 from components.train import train
-from components.training_data import STEPS_PER_EXECUTION, batches, epoch_steps, read_split, steps_per_execution
+from components.training.callbacks import StopAtThreshold, stop_callback
+from components.training.presets import PRESETS
+from components.training.presets import resolve_settings
+from components.training.training_data import STEPS_PER_EXECUTION, batches, epoch_steps, read_split, steps_per_execution
 
 LAYERS = {  # the layer types each seed describes, in order (Input not counted)
     "seed-000": ["Conv2D", "MaxPooling2D", "Flatten", "Dense", "Dense"],
@@ -56,7 +56,7 @@ def test_best_augments_only_in_training():
 
 
 def _affine(image, angle=0.0, zoom=1.0, shift_x=0.0, shift_y=0.0):
-    from components.models import affine
+    from components.training.models import affine
 
     return keras.ops.convert_to_numpy(affine(image, *(np.float32([v]) for v in (angle, zoom, shift_x, shift_y))))
 
@@ -101,7 +101,7 @@ def test_split_batch_normalises_each_part_by_itself_and_trains_the_one_network()
 
 
 def test_auto_precision_is_bfloat16_only_where_the_cpu_has_amx(monkeypatch):
-    from components import models
+    from components.training import models
 
     monkeypatch.setattr(models, "cpu_flags", lambda: {"avx512f", "avx512_bf16", "amx_bf16", "amx_tile"})
     assert models.training_policy("auto") == "mixed_bfloat16"
@@ -114,7 +114,7 @@ def test_auto_precision_is_bfloat16_only_where_the_cpu_has_amx(monkeypatch):
 
 
 def test_a_bfloat16_training_saves_and_serves_a_float32_network(tmp_path, transformed):
-    from components.models import load
+    from components.training.models import load
 
     net = build("best", "mixed_bfloat16")
     conv = net.layers[2]
@@ -322,7 +322,7 @@ def test_training_killed_mid_way_resumes_after_its_last_finished_epoch(tmp_path,
 
 
 def test_best_resumes_its_split_batch_training_from_the_backup(tmp_path, transformed, monkeypatch):
-    from components.callbacks import Backup
+    from components.training.callbacks import Backup
     real_end = Backup.on_epoch_end
 
     def killed_after_the_first_backup(self, epoch, logs=None):

@@ -139,7 +139,7 @@ def test_which_nights_are_told():
     table = {on: [notify.wanted(on, s) for s in (failed, pushed, refused, quiet)] for on in ("failure", "push", "always")}
     assert table == {"failure": [True, False, True, False], "push": [True, True, True, False],
                      "always": [True, True, True, True]}
-    from components.infra_validator import REFUSED
+    from components.serving.infra_validator import REFUSED
     assert REFUSED == notify.INFRA_REFUSED
 
 

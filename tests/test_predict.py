@@ -7,8 +7,8 @@ import pytest
 from PIL import Image
 
 from benchmarks.user_images import render_like_a_user
-from components.digits import ImageError, to_mnist
-from components.records import read_examples
+from components.common.digits import ImageError, to_mnist
+from components.common.records import read_examples
 from pipeline.__main__ import main
 
 
@@ -65,7 +65,7 @@ def test_rendered_digits_are_classified_as_well_as_raw_ones(full_run, test_digit
     rendered_accuracy = np.mean([r["digit"] == y for r, y in zip(rows, labels)])
     assert all(len(r["probabilities"]) == 10 and abs(sum(r["probabilities"]) - 1) < 1e-4 for r in rows)
 
-    from components.client import predict_saved_model
+    from components.serving.client import predict_saved_model
 
     raw_accuracy = np.mean(predict_saved_model(root / "serving" / "mnist" / "1", images).argmax(1) == labels)
     # 300 digits and a 2-epoch model: 0.03 is 9 digits; benchmarks/user_images.py measures it on a real model.

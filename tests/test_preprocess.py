@@ -3,11 +3,11 @@ import json
 import numpy as np
 import tensorflow as tf
 
+from components.common.records import read_examples
+from components.common.transform import scale_pixels
 from components.ingest import ingest
 from components.preprocess import assign_split, preprocess
-from components.records import read_examples
-from components.training_data import read_split
-from components.transform import scale_pixels
+from components.training.training_data import read_split
 
 
 def _shards(folder, split):
@@ -47,7 +47,7 @@ def _field(payload: bytes) -> bytes:
 
 
 def test_the_split_of_an_example_does_not_depend_on_how_its_record_was_serialized():
-    from components.records import parse_example, serialize_example
+    from components.common.records import parse_example, serialize_example
     from components.preprocess import decode_raw_example
 
     # Protobuf writes a tf.train.Example's feature map in an order that differs between

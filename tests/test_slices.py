@@ -7,8 +7,8 @@ import pytest
 
 from benchmarks.user_images import render_like_a_user
 from conftest import small_overrides
+from components.common.records import read_examples, serialize_example
 from components.ingest import held_out, ingest
-from components.records import read_examples, serialize_example
 from pipeline.config import load_config
 from pipeline.nightly import nightly
 
@@ -77,9 +77,9 @@ def test_a_night_with_extra_images_reports_the_users_slice_for_both_models(full_
 def better_on_test_worse_on_users(full_run, tmp_path, test_digits):
     """A candidate that beats the served model on MNIST's test split, and a users' slice
     labelled as the served model reads it: there the candidate can only be worse."""
-    from components.client import predict_saved_model
-    from components.digits import to_mnist
-    from components.records import iter_examples
+    from components.common.digits import to_mnist
+    from components.common.records import iter_examples
+    from components.serving.client import predict_saved_model
     from components.train import train
     from benchmarks.user_images import render_like_a_user as render
 

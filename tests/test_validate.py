@@ -89,7 +89,7 @@ def _rewrite(root: Path, split: str, change) -> None:
     """Replaces the newest ingest output's `split` shards by one shard of change(examples)."""
     import tensorflow as tf
 
-    from components.records import parse_example, serialize_example
+    from components.common.records import parse_example, serialize_example
 
     ingest = max((root / "runs").glob("*/ingest"))
     shards = sorted(ingest.glob(f"{split}-*.tfrecord"))

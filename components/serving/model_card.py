@@ -17,7 +17,7 @@ from pathlib import Path
 
 import jinja2
 
-from components.versions import versions_of
+from components.common.versions import versions_of
 
 HTML, MARKDOWN = "model_card.html", "model_card.md"
 PACKAGES = ("mnist-pipeline", "tensorflow", "keras", "numpy", "tensorflow-datasets", "apache-beam", "scikit-learn",

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from components.records import parse_scaled
-from components.transform import NUM_CLASSES
+from components.common.records import parse_scaled
+from components.common.transform import NUM_CLASSES
 
 PREFETCH_BATCHES = 4
 MAX_OPEN_SHARDS = 16

@@ -1,4 +1,4 @@
-"""The architectures behind the presets (`components.presets`): each seed's network, and `best`, ours;
+"""The architectures behind the presets (`components.training.presets`): each seed's network, and `best`, ours;
 and `compiled_model`, a preset's network compiled with its optimizer, schedule and loss, wrapped
 in `SplitBatch` for training when the preset cuts each batch in parts (`batch_splits`).
 
@@ -13,8 +13,8 @@ import keras
 import tensorflow as tf
 from keras import layers
 
-from components.presets import Preset
-from components.transform import IMAGE_SHAPE, NUM_CLASSES
+from components.common.transform import IMAGE_SHAPE, NUM_CLASSES
+from components.training.presets import Preset
 
 
 def seed_000() -> keras.Model:

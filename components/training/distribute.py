@@ -95,7 +95,7 @@ def strategy(name: str):
         return tf.distribute.MultiWorkerMirroredStrategy()
     except RuntimeError as err:  # "Collective ops must be configured at program startup"
         raise RuntimeError(f"train.strategy=multi_worker must be set up before TensorFlow runs anything ({err}); "
-                           f"make components.distribute.strategy('multi_worker') first") from None
+                           f"make components.training.distribute.strategy('multi_worker') first") from None
 
 
 @contextlib.contextmanager

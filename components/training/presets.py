@@ -1,7 +1,7 @@
 """Model presets by name: each seed's network and training settings, and `best`, ours.
 
 Kept free of Keras so that validating a configuration or listing presets costs no
-TensorFlow import; `components.models.build(preset.architecture)` makes the network.
+TensorFlow import; `components.training.models.build(preset.architecture)` makes the network.
 A preset's training settings are defaults; `train.*` configuration overrides them.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Optional
 
 @dataclass(frozen=True)
 class Preset:
-    architecture: str  # a function in components.models
+    architecture: str  # a function in components.training.models
     epochs: int
     batch_size: int
     optimizer: str
@@ -25,7 +25,7 @@ class Preset:
     one_hot_labels: bool = False  # categorical instead of sparse categorical cross-entropy
     schedule: str = "constant"  # constant | warmup_cosine
     # Train on each batch cut in this many parts that run side by side through the one network
-    # (components.models.SplitBatch); BatchNorm normalises each part by itself. Serving is unchanged.
+    # (components.training.models.SplitBatch); BatchNorm normalises each part by itself. Serving is unchanged.
     batch_splits: int = 1
     # Arithmetic in training: float32; mixed_bfloat16 (bfloat16 products, float32 weights and
     # probabilities); or auto, mixed_bfloat16 where the CPU has bfloat16 matrix tiles (Intel AMX)

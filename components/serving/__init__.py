@@ -20,10 +20,10 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from components import servable
+from components.serving import servable
 
 PUSH_RECORD = Path("assets.extra") / "push.json"
-MODEL_CARD = Path("assets.extra") / "model_card.html"  # written by export (components/model_card.py)
+MODEL_CARD = Path("assets.extra") / "model_card.html"  # written by export (components/serving/model_card.py)
 LOCK = ".{}.push.lock"  # beside the model base, for the model named in {}: its folder holds only versions
 LOCK_TIMEOUT_S = 120  # a push holds the lock for the copy of one SavedModel
 DIR_MODE, FILE_MODE = 0o755, 0o644  # the served tree: written by its owner alone, read by TF Serving

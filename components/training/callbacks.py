@@ -13,7 +13,7 @@ from pathlib import Path
 
 import keras
 
-from components.presets import Preset
+from components.training.presets import Preset
 
 log = logging.getLogger(__name__)
 CORES = len(os.sched_getaffinity(0))
