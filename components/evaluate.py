@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import seaborn as sns
 from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global figure state
+from scipy.stats import binomtest
 from sklearn.metrics import classification_report, confusion_matrix, log_loss
 
 from components import serving
@@ -47,50 +48,96 @@ def compute_metrics(labels: np.ndarray, probabilities: np.ndarray) -> dict:
     }
 
 
-def judge(candidate: dict, baseline: dict | None, *, min_accuracy: float, accuracy_tolerance: float,
-          max_recall_drop: float) -> list[str]:
-    """Every reason the candidate must not replace the baseline; empty means blessed."""
-    reasons = []
+def paired_counts(labels: np.ndarray, mine: np.ndarray, theirs: np.ndarray) -> dict:
+    """McNemar's table for images both models answered: `lost` (the served model right, the
+    candidate wrong), `gained` (the other way round), and `p_value`, the exact one-sided
+    probability of losing at least `lost` of the `lost + gained` images where they disagree
+    if neither model were better (a binomial test at one half): small means the candidate
+    is really worse on these images, not unlucky."""
+    right, served_right = mine.argmax(axis=1) == labels, theirs.argmax(axis=1) == labels
+    lost, gained = int((served_right & ~right).sum()), int((right & ~served_right).sum())
+    p_value = float(binomtest(lost, lost + gained, 0.5, alternative="greater").pvalue) if lost + gained else 1.0
+    return {"images": int(len(labels)), "lost": lost, "gained": gained, "p_value": p_value}
+
+
+def paired(labels: np.ndarray, mine: np.ndarray, theirs: np.ndarray) -> dict:
+    """`paired_counts` over all images and per digit."""
+    return {"all": paired_counts(labels, mine, theirs),
+            "per_digit": {str(d): paired_counts(labels[labels == d], mine[labels == d], theirs[labels == d])
+                          for d in CLASSES}}
+
+
+def _evidence(counts: dict) -> str:
+    net = counts["lost"] - counts["gained"]
+    return (f"{net} of {counts['images']} fewer right (lost {counts['lost']}, gained {counts['gained']}), "
+            f"McNemar p={counts['p_value']:.2g}")
+
+
+def _noisy_gate(failed: str, counts: dict | None, significance: float) -> tuple[list[str], list[str]]:
+    """A small-count gate that failed on its point estimate: a reason to refuse only when the
+    paired test says the loss is real; otherwise a warning that says it is within noise."""
+    if counts is None:  # no paired answers (no served model answered): the point estimate decides
+        return [failed], []
+    if counts["p_value"] < significance:
+        return [f"{failed}: {_evidence(counts)} < evaluate.significance {significance}, a real loss"], []
+    return [], [f"{failed}: {_evidence(counts)}: within noise (evaluate.significance {significance}), "
+                f"not a reason to refuse"]
+
+
+def judge(candidate: dict, baseline: dict | None, pairs: dict | None = None, *, min_accuracy: float,
+          accuracy_tolerance: float, max_recall_drop: float, significance: float = 0.05
+          ) -> tuple[list[str], list[str]]:
+    """(reasons, warnings): every reason the candidate must not replace the baseline (none:
+    blessed). The floor and the overall accuracy gate refuse on the point estimate, as
+    before; a digit's recall, a few hundred images, refuses only when its drop is also
+    significant on the paired answers (`pairs`, from `paired`)."""
+    reasons, warnings = [], []
     if candidate["accuracy"] < min_accuracy:
         reasons.append(
             f"accuracy {candidate['accuracy']:.4f} is below the minimum {min_accuracy} (evaluate.min_accuracy)"
         )
     if baseline is None:
-        return reasons
+        return reasons, warnings
     if candidate["accuracy"] < baseline["accuracy"] - accuracy_tolerance:
         reasons.append(
             f"accuracy {candidate['accuracy']:.4f} trails the served model's {baseline['accuracy']:.4f} "
             f"by more than {accuracy_tolerance} (evaluate.accuracy_tolerance)"
+            + (f": {_evidence(pairs['all'])}" if pairs else "")
         )
     for digit in map(str, CLASSES):
         drop = baseline["recall"][digit] - candidate["recall"][digit]
         if drop > max_recall_drop:
-            reasons.append(
-                f"recall of digit {digit} fell by {drop:.4f} to {candidate['recall'][digit]:.4f}, "
-                f"more than {max_recall_drop} (evaluate.max_recall_drop)"
-            )
-    return reasons
+            failed = (f"recall of digit {digit} fell by {drop:.4f} to {candidate['recall'][digit]:.4f}, "
+                      f"more than {max_recall_drop} (evaluate.max_recall_drop)")
+            refused, noted = _noisy_gate(failed, pairs["per_digit"][digit] if pairs else None, significance)
+            reasons += refused
+            warnings += noted
+    return reasons, warnings
 
 
-def judge_slice(name: str, candidate: dict, baseline: dict | None, *, min_accuracy: float,
-                max_accuracy_drop: float, min_count: int) -> tuple[list[str], list[str]]:
+def judge_slice(name: str, candidate: dict, baseline: dict | None, pairs: dict | None = None, *,
+                min_accuracy: float, max_accuracy_drop: float, min_count: int,
+                significance: float = 0.05) -> tuple[list[str], list[str]]:
     """(reasons, warnings) of a named slice's gates, as TFMA judges a slice on its own
-    thresholds. A slice with fewer than `min_count` examples says too little to block a
-    model: its failed gates become warnings."""
+    thresholds. A drop against the served model refuses only when the paired test on the
+    slice's images says it is real. A slice with fewer than `min_count` examples says too
+    little to block a model: its failed gates become warnings."""
     setting = f"evaluate.slices.{name}"
-    failed = []
+    failed, warnings = [], []
     if candidate["accuracy"] < min_accuracy:
         failed.append(f"{name} slice: accuracy {candidate['accuracy']:.4f} is below the minimum {min_accuracy} "
                       f"({setting}.min_accuracy)")
     if baseline is not None and baseline["accuracy"] - candidate["accuracy"] > max_accuracy_drop:
-        failed.append(f"{name} slice: accuracy {candidate['accuracy']:.4f} trails the served model's "
-                      f"{baseline['accuracy']:.4f} on the same {candidate['examples']} images by more than "
-                      f"{max_accuracy_drop} ({setting}.max_accuracy_drop)")
+        refused, warnings = _noisy_gate(
+            f"{name} slice: accuracy {candidate['accuracy']:.4f} trails the served model's "
+            f"{baseline['accuracy']:.4f} on the same {candidate['examples']} images by more than "
+            f"{max_accuracy_drop} ({setting}.max_accuracy_drop)", pairs["all"] if pairs else None, significance)
+        failed += refused
     if candidate["examples"] >= min_count:
-        return failed, []
+        return failed, warnings
     few = (f"{name} slice has {candidate['examples']} image(s), fewer than {setting}.min_count ({min_count}): "
            f"its gates only warn")
-    return [], [few, *failed]
+    return [], [few, *failed, *warnings]
 
 
 def evaluate(
@@ -102,6 +149,7 @@ def evaluate(
     min_accuracy: float = 0.97,
     accuracy_tolerance: float = 0.001,
     max_recall_drop: float = 0.01,
+    significance: float = 0.05,
     slices: dict | None = None,
 ) -> dict:
     """Evaluate `model/model.keras` on the test split of `examples`, and on each named slice
@@ -126,10 +174,14 @@ def evaluate(
     test, candidate = scored["test"], metrics["test"][0]
     write_reports(out, test.labels, test.probabilities.argmax(axis=1), candidate)
     write_worst_misclassified(out, test.worst, test.worst_images)
-    reasons = judge(candidate, metrics["test"][1], min_accuracy=min_accuracy, accuracy_tolerance=accuracy_tolerance,
-                    max_recall_drop=max_recall_drop)
-    for name in scored.keys() - {"test"}:
-        slice_reasons, slice_warnings = judge_slice(name, *metrics[name], **slices[name])
+    pairs = {name: paired(s.labels, s.probabilities, s.served) for name, s in scored.items() if s.served is not None}
+    reasons, noted = judge(candidate, metrics["test"][1], pairs.get("test"), min_accuracy=min_accuracy,
+                           accuracy_tolerance=accuracy_tolerance, max_recall_drop=max_recall_drop,
+                           significance=significance)
+    warnings += noted
+    for name in sorted(scored.keys() - {"test"}):
+        slice_reasons, slice_warnings = judge_slice(name, *metrics[name], pairs.get(name), **slices[name],
+                                                    significance=significance)
         reasons += slice_reasons
         warnings += slice_warnings
     blessing = {
@@ -143,8 +195,10 @@ def evaluate(
         # What export's push checks is still served (a loaded baseline or a broken one).
         "judged_against": serving.identity(Path(baseline).parent, int(Path(baseline).name)) if baseline else None,
         "warnings": warnings,
+        # McNemar's table per split (and per digit): the images one model got right and the other wrong.
+        "paired": pairs,
         "thresholds": {"min_accuracy": min_accuracy, "accuracy_tolerance": accuracy_tolerance,
-                       "max_recall_drop": max_recall_drop, "slices": slices or {}},
+                       "max_recall_drop": max_recall_drop, "significance": significance, "slices": slices or {}},
     }
     (out / "blessing.json").write_text(json.dumps(blessing, indent=2))
     return blessing

@@ -113,6 +113,7 @@ class Evaluate(_Section):
     min_accuracy: float = Field(ge=0.0, le=1.0)
     accuracy_tolerance: float = Field(ge=0.0, le=1.0)
     max_recall_drop: float = Field(ge=0.0, le=1.0)
+    significance: float = Field(gt=0.0, le=1.0)  # 1: every drop past its tolerance refuses, as a point estimate
     slices: Slices
 
 

@@ -57,8 +57,12 @@ def test_a_good_model_passes_and_the_pushed_bytes_are_the_validated_ones(full_ru
     files = lambda d: sorted(str(p.relative_to(d)) for p in d.rglob("*") if p.is_file())  # noqa: E731
     assert files(served) == sorted([*files(validated), "assets.extra/push.json"])
     assert served_digest(served) == served_digest(validated)
-    for name in ("tf_serving_warmup_requests", "model_card.html", "model_card.md"):
-        assert (served / "assets.extra" / name).read_bytes() == (validated / "assets.extra" / name).read_bytes()
+    warmup = "assets.extra/tf_serving_warmup_requests"
+    assert (served / warmup).read_bytes() == (validated / warmup).read_bytes()
+    for name in ("model_card.html", "model_card.md"):  # the same card, with the number the push gave it
+        stamped = (validated / "assets.extra" / name).read_text().replace("Served as: not pushed yet.",
+                                                                         "Served as: version 1.")
+        assert (served / "assets.extra" / name).read_text() == stamped != (validated / "assets.extra" / name).read_text()
     assert not (run_dir / "export" / ".infra-validation").exists()  # the child's scratch is gone
     # Linked from the index, relative to it: it opens from disk or over HTTP alike.
     assert '<a href="serving/mnist/1/assets.extra/model_card.html">model card</a>' in (root / "index.html").read_text()
@@ -210,6 +214,8 @@ def test_a_pushed_version_carries_its_model_card_with_outside_text_escaped(full_
         assert f"{ingest['splits']['train']['count']} images" in text and "train[:2000]" in text
         assert f"{metrics['accuracy']:.2%}" in text and "abc123" in text and "run-x" in text
         assert "tensorflow" in text and "keras" in text
+        assert "Served as: version 1." in text  # the push wrote the number in; the export's own copy has none
+    assert "Served as: not pushed yet." in (tmp_path / "exported" / "saved_model" / "assets.extra" / "model_card.md").read_text()
     assert "data:image/png;base64," in html  # the confusion matrix, embedded
     [row] = serving.listing(base / "mnist")
     assert row["model_card"] == "1/assets.extra/model_card.html"
@@ -228,7 +234,8 @@ def test_the_run_report_says_why_a_blessed_model_was_not_pushed(full_run, tmp_pa
     manifest["result"].update(pushed=False, not_pushed_because=[reason])
     manifest["result"].pop("version")
     manifest_path.write_text(json.dumps(manifest))
+    shutil.rmtree(root / "serving")  # and no push record names the run
     html = build_report(run_dir).read_text()
-    assert "blessed</b>, not pushed." in html
+    assert "blessed</b>, not pushed by this run." in html
     assert "&bull; infra validation failed: loading the SavedModel took longer than 60s &lt;img src=x" in html
     assert lineage.show_run(root, run_dir.name)["components"]["export"]["results"]["not_pushed_because"] == [reason]

@@ -66,11 +66,18 @@ def test_a_night_with_extra_images_reports_the_users_slice_for_both_models(full_
     assert set(blessing["slices"]) == {"test", "users"}
     assert blessing["slices"]["users"]["baseline"]["model"] == str(root / "serving" / "mnist" / "1")
     line = (root / "runs" / summary["run_id"] / "run.log").read_text().splitlines()[-1]
-    assert f"users slice {users['accuracy']:.2%} vs served {users['served_accuracy']:.2%}" in line
-    assert "Slices" in (root / "runs" / summary["run_id"] / "report.html").read_text()
+    assert f"users slice {users['accuracy']:.2%} vs v1 {users['served_accuracy']:.2%}" in line
+    report = (root / "runs" / summary["run_id"] / "report.html").read_text()
+    assert "Slices" in report and "McNemar" in report
+    # The data section names the extra images: trained on, held out as the users' row, skipped.
+    assert f'<td class="text">users (held out)</td><td>{users["examples"]}</td>' in report
+    assert (f"<b>{summary['data']['extra_images']}</b> trained on" in report
+            and f"<b>{users['examples']}</b> held out as the users' slice" in report)
     assert summary["pushed"] == 2  # and the served version's model card gives the slice
     card = (root / "serving" / "mnist" / "2" / "assets.extra" / "model_card.md").read_text()
-    assert "users" in card and f"{users['accuracy']:.4f}".rstrip("0") in card
+    assert f"| users | held out from the extra images, never trained on (the users' slice): {users['examples']} images" in card
+    assert f"- users: images {users['examples']}; accuracy {users['accuracy']:.2%}; served accuracy" in card
+    assert "Served as: version 2." in card and "McNemar p=" in card
 
 
 @pytest.fixture
@@ -107,11 +114,21 @@ def test_a_candidate_worse_on_the_users_slice_is_not_pushed_and_the_blessing_nam
     from components.export import export
 
     candidate, examples, served = better_on_test_worse_on_users
-    blessing = evaluate(candidate, examples, tmp_path / "evaluation", baseline=served, min_accuracy=0.5,
-                        accuracy_tolerance=0.001, max_recall_drop=1.0, slices={"users": GATES})
-    test, users = blessing["slices"]["test"], blessing["slices"]["users"]
-    assert test["candidate"]["accuracy"] >= test["baseline"]["accuracy"]  # better where MNIST judges
+    settings = dict(baseline=served, min_accuracy=0.5, accuracy_tolerance=0.001, max_recall_drop=1.0,
+                    slices={"users": GATES})
+    # Judged on the evidence: the served model got every photo right, so each the candidate missed is lost.
+    judged = evaluate(candidate, examples, tmp_path / "judged", **settings)
+    users = judged["slices"]["users"]
     assert users["baseline"]["accuracy"] == 1.0 and users["candidate"]["accuracy"] < 0.98
+    pair = judged["paired"]["users"]["all"]
+    assert pair["gained"] == 0 and pair["lost"] == round((1 - users["candidate"]["accuracy"]) * 60)
+    assert pair["p_value"] == pytest.approx(0.5 ** pair["lost"])
+    said = [t for t in judged["reasons"] + judged["warnings"] if t.startswith("users slice: accuracy")]
+    assert len(said) == 1 and ("a real loss" in said[0]) == (pair["p_value"] < 0.05) == (not judged["blessed"])
+    # On the point estimate alone (significance 1), any drop past the tolerance refuses, and nothing is pushed.
+    blessing = evaluate(candidate, examples, tmp_path / "evaluation", **settings, significance=1.0)
+    test = blessing["slices"]["test"]
+    assert test["candidate"]["accuracy"] >= test["baseline"]["accuracy"]  # better where MNIST judges
     assert blessing["blessed"] is False
     assert len(blessing["reasons"]) == 1 and blessing["reasons"][0].startswith("users slice: accuracy")
     assert "evaluate.slices.users.max_accuracy_drop" in blessing["reasons"][0]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -24,6 +25,9 @@ from components.serving import servable
 
 PUSH_RECORD = Path("assets.extra") / "push.json"
 MODEL_CARD = Path("assets.extra") / "model_card.html"  # written by export (components/serving/model_card.py)
+CARDS = (MODEL_CARD, MODEL_CARD.with_suffix(".md"))
+UNPUSHED = "not pushed yet"  # what a card says it is served as, until a push writes its number in
+SERVED_AS = re.compile(r"(Served as: )[^.<\n]*(\.)")
 LOCK = ".{}.push.lock"  # beside the model base, for the model named in {}: its folder holds only versions
 LOCK_TIMEOUT_S = 120  # a push holds the lock for the copy of one SavedModel
 DIR_MODE, FILE_MODE = 0o755, 0o644  # the served tree: written by its owner alone, read by TF Serving
@@ -159,6 +163,7 @@ def push(saved_model: Path, model_base: Path, record: dict, *, judged_against=AN
                 full_record = {**record, "version": version, "replaces": replaces,
                                "pushed_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
                 (staging / "model" / PUSH_RECORD).write_text(json.dumps(full_record, indent=2))
+                stamp_cards(staging / "model", version, record.get("rollback_of"))
                 _seal(staging / "model")
             except (shutil.Error, OSError) as err:
                 still = f"version {replaces} still serves" if replaces is not None else "nothing is served"
@@ -170,6 +175,16 @@ def push(saved_model: Path, model_base: Path, record: dict, *, judged_against=AN
             return version
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def stamp_cards(model_dir: Path, version: int, rollback_of: int | None = None) -> None:
+    """The copy's model cards say which version they are served as ("Served as: version 7 (a
+    rollback of 3)."): the card is written before a version number exists."""
+    served_as = f"version {version}" + (f" (a rollback of {rollback_of})" if rollback_of else "")
+    for card in CARDS:
+        path = Path(model_dir) / card
+        if path.is_file():
+            path.write_text(SERVED_AS.sub(lambda m: f"{m.group(1)}{served_as}{m.group(2)}", path.read_text(), count=1))
 
 
 def _make_dirs(path: Path) -> None:

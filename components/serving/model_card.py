@@ -18,6 +18,7 @@ from pathlib import Path
 import jinja2
 
 from components.common.versions import versions_of
+from components.serving import UNPUSHED
 
 HTML, MARKDOWN = "model_card.html", "model_card.md"
 PACKAGES = ("mnist-pipeline", "tensorflow", "keras", "numpy", "tensorflow-datasets", "apache-beam", "scikit-learn",
@@ -45,6 +46,23 @@ def worst_confusions(counts: list[list[int]], n: int = WORST_CONFUSIONS) -> list
     return sorted(cells, key=lambda cell: (-cell["count"], cell["true"], cell["predicted"]))[:n]
 
 
+def paired_text(pair: dict | None) -> str | None:
+    """McNemar's table in words, for one split or slice."""
+    if not pair:
+        return None
+    counts = pair["all"]
+    return (f"where the two models disagree, the candidate lost {counts['lost']} and gained {counts['gained']} "
+            f"of {counts['images']} images (McNemar p={counts['p_value']:.2g})")
+
+
+def slice_facts(metrics: dict, pair: dict | None) -> dict:
+    """A slice's line of the card, formatted as the test split's figures are."""
+    served = metrics.get("baseline")
+    return {"images": metrics["candidate"].get("examples"), "accuracy": f"{metrics['candidate']['accuracy']:.2%}",
+            "served accuracy": f"{served['accuracy']:.2%}" if served else "-",
+            **({"paired": paired_text(pair)} if pair else {})}
+
+
 def facts(*, model: Path, evaluation: Path, examples: Path, push_record: dict, model_name: str) -> dict:
     """What the card says, gathered from the run's records."""
     model, evaluation, examples = Path(model), Path(evaluation), Path(examples)
@@ -67,10 +85,11 @@ def facts(*, model: Path, evaluation: Path, examples: Path, push_record: dict, m
         "macro": report.get("macro avg"),
         "worst_confusions": worst_confusions(matrix),
         # Named slices besides the test split (the users' held-out images), both models on the same images.
-        "slices": {name: {"images": s["candidate"].get("examples"), "accuracy": round(s["candidate"]["accuracy"], 4),
-                          "served accuracy": round(s["baseline"]["accuracy"], 4) if s.get("baseline") else "-"}
+        "slices": {name: slice_facts(s, (blessing.get("paired") or {}).get(name))
                    for name, s in (blessing.get("slices") or {}).items() if name != "test"},
+        "served_as": UNPUSHED,  # push writes the number in (serving.stamp_card)
         "blessing": blessing,
+        "paired": paired_text((blessing.get("paired") or {}).get("test")),
         "versions": versions_of(PACKAGES),
         "errors_png": ("data:image/png;base64," + base64.b64encode(picture.read_bytes()).decode())
         if picture.is_file() else None,
