@@ -10,6 +10,10 @@ Output (`predictions/`):
   below `review_below`, or the two versions disagree), laid out as `ingest.extra_dir`
   reads them: moved into the right digit folder there, the next night learns from them;
   `summary.json`: counts, per digit, and what was queued.
+An image's content digest (`sha256` on its line) is the sha256 of its file's bytes; a TFRecord
+example's is the sha256 of its 784 raw pixels (the bytes of the PNG it is queued as, decoded).
+A doubtful image whose digest the caller already knows (`known`: labelled, or waiting in an
+earlier queue) is scored but not queued again; its line says why (`not_queued`).
 Images stream through in batches: no step holds more than a bundle, whatever the count.
 """
 from __future__ import annotations
@@ -50,12 +54,27 @@ def sources(inputs: list[Path]) -> tuple[list[str], list[str], list[dict]]:
     return images, tfrecords, bad
 
 
+def file_digest(path: Path) -> str:
+    """An image file's content digest: the sha256 of its bytes, read a chunk at a time."""
+    with open(path, "rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()
+
+
+def pixels_digest(pixels: np.ndarray) -> str:
+    """A record's content digest: the sha256 of its raw uint8 pixels, row by row. A record has no
+    file of its own, and the PNG it is queued as decodes back to these very bytes."""
+    return hashlib.sha256(np.ascontiguousarray(pixels, dtype=np.uint8).tobytes()).hexdigest()
+
+
 class _ReadImage(beam.DoFn):
     def process(self, path: str):
         try:
-            yield {"file": path, "image": to_mnist(load_image(Path(path)))}
+            image = to_mnist(load_image(Path(path)))  # first: it says why a file is no image
+            yield {"file": path, "image": image, "sha256": file_digest(Path(path))}
         except ImageError as err:
             yield beam.pvalue.TaggedOutput("bad", {"file": path, "reason": str(err)})
+        except OSError as err:  # gone or unreadable between decoding and hashing
+            yield beam.pvalue.TaggedOutput("bad", {"file": path, "reason": f"unreadable ({err.strerror or err})"})
 
 
 def _from_record(element: tuple[str, bytes]) -> dict:
@@ -65,7 +84,7 @@ def _from_record(element: tuple[str, bytes]) -> dict:
     pixels, _ = parse_example(record)
     # A record has no name of its own: its file and a digest of its bytes name it.
     return {"file": f"{filename}#{hashlib.sha256(record).hexdigest()[:12]}", "image": pixels.reshape(28, 28),
-            "record": True}
+            "sha256": pixels_digest(pixels), "record": True}
 
 
 class _Predict(beam.DoFn):
@@ -94,7 +113,8 @@ class _Predict(beam.DoFn):
                 reasons.append(f"probability {p[digit]:.3f} below infer.review_below {self.review_below}")
             if previous is not None and int(previous[i]) != digit:
                 reasons.append(f"the previous version reads {int(previous[i])}")
-            yield {"file": element["file"], "digit": digit, "probability": round(float(p[digit]), 6),
+            yield {"file": element["file"], "sha256": element["sha256"], "digit": digit,
+                   "probability": round(float(p[digit]), 6),
                    "top3": [{"digit": int(d), "probability": round(float(p[d]), 6)} for d in top],
                    **({"previous_digit": int(previous[i])} if previous is not None else {}),
                    "review": "; ".join(reasons) or None,
@@ -103,13 +123,16 @@ class _Predict(beam.DoFn):
 
 class _Queue(beam.DoFn):
     """Copies a doubtful image to `review/<digit>/<name>`: the original file as the user sent
-    it, or a PNG of a record's pixels."""
+    it, or a PNG of a record's pixels; unless its content is known already (`known`: digest ->
+    why), which its line then says instead: a person labels each picture once."""
 
-    def __init__(self, review: str):
-        self.review = review
+    def __init__(self, review: str, known: dict[str, str]):
+        self.review, self.known = review, known
 
     def process(self, prediction: dict):
-        if prediction["review"]:
+        if prediction["review"] and prediction["sha256"] in self.known:
+            prediction = {**prediction, "not_queued": self.known[prediction["sha256"]]}
+        elif prediction["review"]:
             folder = Path(self.review) / str(prediction["digit"])
             folder.mkdir(parents=True, exist_ok=True)
             target = folder / queued_name(prediction["file"], record="image" in prediction)
@@ -139,8 +162,10 @@ def queued_name(source: str, *, record: bool = False) -> str:
 
 def infer(inputs: list[Path], predictions: Path, *, saved_model: Path, previous_model: Path | None = None,
           review_below: float = 0.9, batch_size: int = 256, runner: str = "FnApiRunner",
-          pipeline_options: list[str] | tuple[str, ...] = ()) -> dict:
-    """Score every image of `inputs` with `saved_model`; write `predictions/`; return summary.json."""
+          pipeline_options: list[str] | tuple[str, ...] = (), known: dict[str, str] | None = None) -> dict:
+    """Score every image of `inputs` with `saved_model`; write `predictions/`; return summary.json.
+    `known`: content digests (see the module's doc) of images a person has or will have labelled,
+    each with the reason its line gives for not queueing it again."""
     out = Path(predictions).absolute()
     out.mkdir(parents=True, exist_ok=True)
     images, tfrecords, bad = sources(inputs)
@@ -156,21 +181,22 @@ def infer(inputs: list[Path], predictions: Path, *, saved_model: Path, previous_
                   | "predict" >> beam.ParDo(_Predict(str(Path(saved_model).absolute()),
                                                      str(Path(previous_model).absolute()) if previous_model else None,
                                                      review_below))
-                  | "queue for review" >> beam.ParDo(_Queue(str(out / "review"))))
+                  | "queue for review" >> beam.ParDo(_Queue(str(out / "review"), dict(known or {}))))
         _ = (scored | "predictions as json" >> beam.Map(json.dumps)
              | "write predictions" >> beam.io.WriteToText(str(out / ".predictions"), file_name_suffix=".jsonl"))
         _ = (read.bad | "bad as json" >> beam.Map(json.dumps)
              | "write bad" >> beam.io.WriteToText(str(out / ".bad"), file_name_suffix=".jsonl"))
     summary = {"model": str(saved_model), "previous_model": str(previous_model) if previous_model else None,
                "review_below": review_below, "images": 0, "per_digit": {str(d): 0 for d in range(10)},
-               "queued": 0, "bad": len(bad)}
+               "queued": 0, "already_known": 0, "bad": len(bad)}
     with open(out / "predictions.jsonl", "w") as joined:  # Beam's shards joined, a line at a time
         for shard in sorted(out.glob(".predictions*.jsonl")):
             for line in shard.open():
                 prediction = json.loads(line)
                 summary["images"] += 1
                 summary["per_digit"][str(prediction["digit"])] += 1
-                summary["queued"] += bool(prediction["review"])
+                summary["queued"] += "queued" in prediction
+                summary["already_known"] += "not_queued" in prediction  # doubtful, but labelled or queued before
                 joined.write(line)
             shard.unlink()
     with open(out / "bad_files.jsonl", "w") as joined:

@@ -1,6 +1,7 @@
 """Batch inference: users' photos and TFRecords scored by a served model as a Beam job, the
 doubtful ones queued in the layout `ingest.extra_dir` reads."""
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -60,8 +61,9 @@ def test_infer_scores_every_good_file_lists_the_bad_ones_and_queues_the_doubtful
     assert not (Path.cwd() / "pwned").exists()
     summary = json.loads((folder / "manifest.json").read_text())["result"]
     assert summary["images"] == 25 and summary["queued"] == len(doubtful) and summary["bad"] == 2
+    assert summary["already_known"] == 0  # nothing labelled or queued before
     assert sorted(p.name for p in folder.iterdir()) == ["bad_files.jsonl", "manifest.json", "predictions.jsonl",
-                                                         "review", "summary.json"]  # no Beam temp left
+                                                         "review", "review.html", "summary.json"]  # no Beam temp left
 
 
 def test_a_queued_image_moved_into_extra_dir_changes_ingests_fingerprint(store, inbox, tmp_path):
@@ -111,4 +113,130 @@ def test_a_nightly_scores_its_inbox_after_the_push(store, inbox, tfds_dir):
     status, summary = nightly(load_config(small_overrides(tfds_dir, **{"nightly.infer_dir": inbox})), store)
     assert status == 0, summary["error"]
     assert summary["inference"]["images"] == 25 and summary["inference"]["bad"] == 2
+    assert summary["inference"]["already_known"] == 0
     assert Path(summary["inference"]["folder"]).parent == store / "inference"
+
+
+def _records(path: Path, images: np.ndarray) -> Path:
+    """A TFRecord of raw examples (ingest's format), as a user might drop into the inbox."""
+    import tensorflow as tf
+
+    from components.common.records import serialize_example
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for image in images:
+            writer.write(serialize_example(image.reshape(-1), 0))
+    return path
+
+
+def _queued_files(folder: Path) -> list[Path]:
+    return sorted(p for p in (folder / "review").rglob("*") if p.is_file())
+
+
+def test_an_image_labelled_or_still_waiting_in_a_queue_is_scored_but_not_queued_again(store, inbox, full_run,
+                                                                                       tmp_path):
+    from pipeline.inference import run_inference
+
+    images, _ = read_examples(full_run[1] / "ingest", "test")
+    records = _records(tmp_path / "records" / "batch.tfrecord", images[30:33])
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    cfg = load_config(small_overrides(None, **{"infer.review_below": 1.0, "ingest.extra_dir": extra}))  # all doubtful
+    first = run_inference(cfg, store, [inbox, records])
+    assert len(_queued_files(first)) == 28  # 25 pictures, 3 records as PNGs
+
+    by_file = {p["file"]: p for p in _lines(first / "predictions.jsonl")}
+    photo, record = str(inbox / "day 1" / "photo-0.jpg"), next(f for f in by_file if "#" in f)
+    for source in (photo, record):  # a person files these two under the digit they are
+        queued = first / by_file[source]["queued"]
+        (extra / "7").mkdir(exist_ok=True)
+        shutil.move(queued, extra / "7" / queued.name)
+    (inbox / "new.jpg").write_bytes((inbox / "day 1" / "photo-1.jpg").read_bytes() + b"\x00")  # new bytes
+
+    second = run_inference(cfg, store, [inbox, records])
+    lines = {p["file"]: p for p in _lines(second / "predictions.jsonl")}
+    assert len(lines) == 29 and all(p["review"] for p in lines.values())  # every image scored, all doubtful
+    queued = _queued_files(second)
+    assert [p.name for p in queued] == [Path(lines[str(inbox / "new.jpg")]["queued"]).name]  # only the new one
+    labelled = f"already labelled in ingest.extra_dir (7/{Path(by_file[photo]['queued']).name})"
+    assert lines[photo]["not_queued"] == labelled and "queued" not in lines[photo]
+    assert lines[record]["not_queued"].startswith("already labelled in ingest.extra_dir (7/")  # known by its pixels
+    waiting = lines[str(inbox / "day 1" / "photo-2.jpg")]
+    assert waiting["not_queued"] == f"already queued in inference {first.name} ({by_file[waiting['file']]['queued']})"
+    summary = json.loads((second / "manifest.json").read_text())["result"]
+    assert summary["queued"] == 1 and summary["already_known"] == 28 and summary["images"] == 29
+    assert json.loads((second / "summary.json").read_text()) == summary
+
+    third = run_inference(cfg, store, [inbox])  # the second night's queue is waiting too
+    assert not _queued_files(third)
+    [new] = [p for p in _lines(third / "predictions.jsonl") if p["file"].endswith("new.jpg")]
+    assert new["not_queued"] == f"already queued in inference {second.name} ({queued[0].relative_to(second)})"
+
+
+def test_known_images_skips_big_files_and_links_out_of_the_folder(tmp_path):
+    from pipeline import inference
+    from pipeline.inference import known_images
+
+    extra, outside = tmp_path / "extra", tmp_path / "outside.png"
+    (extra / "3").mkdir(parents=True)
+    (extra / "3" / "a.png").write_bytes(b"labelled")
+    outside.write_bytes(b"secret")
+    (extra / "3" / "link.png").symlink_to(outside)
+    (extra / "3" / "inside.png").symlink_to(extra / "3" / "a.png")
+    (extra / "big.png").write_bytes(b"x" * (inference.KNOWN_MAX_BYTES + 1))
+    queue = tmp_path / "inference" / "20240101T000000Z-abcd"
+    (queue / "review" / "4").mkdir(parents=True)
+    (queue / "review" / "4" / "b.png").write_bytes(b"waiting")
+    (queue / "review" / "4" / "c.png").write_bytes(b"labelled")  # also filed: labelled wins
+    known = known_images(extra, [queue])
+    digest = lambda data: __import__("hashlib").sha256(data).hexdigest()  # noqa: E731
+    assert known == {digest(b"labelled"): "already labelled in ingest.extra_dir (3/a.png)",
+                     digest(b"waiting"): f"already queued in inference {queue.name} (review/4/b.png)"}
+    assert known_images(None, []) == {} and known_images(tmp_path / "missing", []) == {}
+
+
+# A file name has no `/`: the script tag closes in the folder's name, so its path holds it whole.
+HOSTILE_NAMES = ("<script>alert(1)</script>.png", "<img src=x onerror=alert(1)>.png", "two\nlines.png")
+
+
+def test_the_review_page_shows_each_queued_image_with_its_reasons_and_escapes_names(store, full_run, tmp_path):
+    from benchmarks.user_images import render_like_a_user
+    from pipeline.inference import run_inference
+
+    images, _ = read_examples(full_run[1] / "ingest", "test")
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    rng = np.random.default_rng(1)
+    for i, name in enumerate(HOSTILE_NAMES):
+        (inbox / name).parent.mkdir(exist_ok=True)
+        render_like_a_user(images[i], rng).save(inbox / name, format="PNG")
+    cfg = load_config(small_overrides(None, **{"infer.review_below": 1.0}))
+    folder = run_inference(cfg, store, [inbox])
+    page = (folder / "review.html").read_text()
+
+    assert "<script" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;.png" in page
+    assert "<img src=x" not in page and "&lt;img src=x onerror=alert(1)&gt;.png" in page
+    assert "two\\nlines.png" in page and "two\nlines" not in page  # the newline shown as \\n, not obeyed
+    for p in _lines(folder / "predictions.jsonl"):
+        assert f"<strong>{p['digit']}</strong>" in page and p["review"] in page
+        assert all(f"{t['digit']}: {t['probability']:.3f}" in page for t in p["top3"])
+        assert f'href="{p["queued"]}"' in page  # where it waits, linked
+    assert page.count('src="data:image/png;base64,') == 6  # each: the picture as read and its MNIST form
+    assert "&lt;ingest.extra_dir&gt;/&lt;correct digit&gt;/" in page  # where to move it, with no extra_dir set
+    assert "http" not in page.replace("http-equiv", "")  # nothing fetched
+
+
+def test_the_index_links_each_inference_to_its_review_page_newest_first(store, inbox, tmp_path):
+    from pipeline.inference import run_inference
+
+    cfg = load_config(small_overrides(None, **{"infer.review_below": 1.0}))
+    first = run_inference(cfg, store, [inbox / "day 1"])
+    second = run_inference(cfg, store, [inbox])
+    index = (store / "index.html").read_text()
+    # Newest first by id: two inferences within one second are ordered by their ids' random tails.
+    links = [f'href="inference/{f.name}/review.html"' for f in sorted((first, second), key=lambda f: f.name,
+                                                                       reverse=True)]
+    assert all(link in index for link in links) and index.index(links[0]) < index.index(links[1])
+    row = index[index.index(f">{second.name}<"):index.index(f'href="inference/{second.name}/review.html"')]
+    assert [int(n) for n in re.findall(r"<td>(\d+)</td>", row)] == [25, 1, 24, 2]  # scored, queued, known, bad
