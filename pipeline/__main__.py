@@ -198,12 +198,21 @@ def _gc(args) -> int:
     cfg = load_config(args.overrides, args.config)
     with exclusive(args.artifacts):  # never while a nightly is running
         found = retention.plan(args.artifacts, _model_base(args), cfg.retention.keep_runs, cfg.retention.keep_versions)
-        for path in found.paths():
-            print(f"{'would delete' if args.dry_run else 'deleting'} {path}")
+        sizes = {path: retention.tree_bytes(path) for path in found.paths()}
+        for path, size in sizes.items():
+            print(f"{'would delete' if args.dry_run else 'deleting'} {path} ({_size(size)}): {found.why.get(path, '')}")
         if not args.dry_run:
             retention.apply(found)
-    print(f"{len(found.paths())} to delete" if args.dry_run else f"{len(found.paths())} deleted")
+    freed = _size(sum(sizes.values()))
+    print(f"{len(sizes)} to delete, {freed}" if args.dry_run else f"{len(sizes)} deleted, {freed} freed")
     return 0
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
 
 
 def _schedule(args) -> int:
@@ -278,7 +287,9 @@ def _infer(args) -> int:
     folder = run_inference(load_config(args.overrides, args.config), args.artifacts, args.inputs, args.model)
     summary = read_json(folder / MANIFEST)["result"]
     print(f"{folder}: {summary['images']} image(s) scored, {summary['queued']} queued for review in "
-          f"{folder / 'review'}, {summary['bad']} bad file(s) listed in {folder / 'bad_files.jsonl'}")
+          f"{folder / 'review'} ({summary.get('already_known', 0)} already labelled or queued, not again), "
+          f"{summary['bad']} bad file(s) listed in {folder / 'bad_files.jsonl'}; the queue's page: "
+          f"{folder / 'review.html'}")
     return 0
 
 

@@ -27,8 +27,33 @@ def result(run: Run, component: str) -> dict:
     return ((read_manifest(path / MANIFEST) or {}).get("result") or {}) if path else {}
 
 
-def run_row(run: Run) -> dict:
-    ingest, evaluate, export = (result(run, name) for name in ("ingest", "evaluate", "export"))
+def pushes(artifacts: Path) -> dict[str, int]:
+    """Run id -> the version it pushed, from each served version's push record: the one record
+    of a push (a run killed right after its push has no export of its own, and a run that
+    reused an earlier export pushed nothing). A rollback is no run's push."""
+    from components import serving
+
+    found: dict[str, int] = {}
+    for base in model_bases(artifacts):
+        for version in serving.versions(base):
+            record = serving.read_push_record(base, version)
+            if record.get("run") and not record.get("rollback_of"):
+                found.setdefault(record["run"], version)
+    return found
+
+
+def pushed_version(run: Run, pushed: dict[str, int]) -> int | None:
+    """The version `run` pushed: its push record (`pushes`), or, once retention has deleted that
+    version, what its own export (executed in this run, not reused) says it pushed."""
+    if run.id in pushed:
+        return pushed[run.id]
+    export = run.record.get("components", {}).get("export", {})
+    own = result(run, "export") if export.get("status") == "succeeded" else {}
+    return own.get("version") if own.get("pushed") else None
+
+
+def run_row(run: Run, pushed: dict[str, int]) -> dict:
+    ingest, evaluate = (result(run, name) for name in ("ingest", "evaluate"))
     splits = ingest.get("splits", {})
     return {
         "run": run.id,
@@ -38,13 +63,14 @@ def run_row(run: Run) -> dict:
         "train": splits.get("train", {}).get("count"),
         "test": splits.get("test", {}).get("count"),
         "test_accuracy": STEPS["evaluate"].summary(evaluate).get("accuracy"),
-        "pushed": export.get("version") if export.get("pushed") else None,
+        "pushed": pushed_version(run, pushed),
         "components": {name: c.get("status") for name, c in run.record.get("components", {}).items()},
     }
 
 
 def runs(artifacts: Path) -> list[dict]:
-    return [run_row(run) for run in ArtifactStore(artifacts).runs()]
+    pushed = pushes(artifacts)
+    return [run_row(run, pushed) for run in ArtifactStore(artifacts).runs()]
 
 
 def model_bases(artifacts: Path) -> list[Path]:

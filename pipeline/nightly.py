@@ -11,7 +11,9 @@ worked (pushed or not), 1 when something broke: what cron and systemd alert on.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
+import socket
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,7 +24,7 @@ from pipeline import notify
 from pipeline.config import Config
 from pipeline.console import printable
 from pipeline.graph import STEPS
-from pipeline.lineage import result
+from pipeline.lineage import pushed_version, pushes, result
 from pipeline.store import MANIFEST, ArtifactStore, Run, now, read_json, write_json_atomic
 
 log = logging.getLogger("pipeline")
@@ -38,12 +40,14 @@ class NightlyBusy(RuntimeError):
 def nightly(cfg: Config, artifacts: Path) -> tuple[int, dict]:
     """Run one night; return (exit status, summary). The alert goes out after the lock is let
     go: a slow mail server never keeps the next night waiting."""
-    from pipeline.runner import stoppable
+    from pipeline.runner import logging_to, stoppable
 
     with stoppable(), exclusive(artifacts):
         status, summary, line = _night(cfg, Path(artifacts))
     print(line, flush=True)
-    notify.send(cfg.notify, summary, line)  # never raises: an undelivered alert is a warning line
+    run_log = Path(summary["report"]).with_name("run.log") if summary["run_id"] else None
+    with logging_to(run_log) if run_log else contextlib.nullcontext():  # an undelivered alert is in run.log too
+        notify.send(cfg.notify, summary, alert_text(summary, line))  # never raises: a failure is a warning line
     return status, summary
 
 
@@ -81,7 +85,9 @@ def _night(cfg: Config, artifacts: Path) -> tuple[int, dict, str]:
         retention.apply(found)
         deleted = len(found.paths())
     summary = summarize(store.run(run_dir.name) if run_dir else None, error, interrupted,
-                        round(time.perf_counter() - started, 1), deleted, stopped=status > 1)
+                        round(time.perf_counter() - started, 1), deleted, stopped=status > 1,
+                        served=served_now(model_base(cfg, artifacts)),
+                        last_good=last_good_night(store, run_dir.name if run_dir else None))
     summary["inference"] = inference
     line = one_line(summary)
     if run_dir:
@@ -108,7 +114,7 @@ def _score_inbox(cfg: Config, artifacts: Path) -> tuple[dict | None, str | None]
         log.error("nightly: %s", error)
         return None, error
     found = read_json(folder / MANIFEST)["result"]
-    return {"folder": str(folder), **{k: found[k] for k in ("images", "queued", "bad")}}, None
+    return {"folder": str(folder), **{k: found[k] for k in ("images", "queued", "already_known", "bad")}}, None
 
 
 @contextmanager
@@ -140,11 +146,52 @@ def _interrupted_run(artifacts: Path) -> dict | None:
     return {"run": last.id, "status": last.status, "step": step}
 
 
+def served_now(model_base: Path) -> dict | None:
+    """The version serving now and its test accuracy, from its push record (the one record of
+    what is served), whatever this night's blessing was judged against."""
+    from components import serving
+
+    version = serving.current_version(model_base)
+    if version is None:
+        return None
+    return {"version": version, "accuracy": serving.read_push_record(model_base, version).get("test_accuracy")}
+
+
+def last_good_night(store: ArtifactStore, before: str | None) -> dict | None:
+    """The newest earlier night that succeeded, as its summary recorded it: what this night's
+    data is compared with when it fails."""
+    for run in reversed(store.runs()):
+        if before and run.id >= before:
+            continue
+        summary = read_json(run.path / SUMMARY)
+        if summary.get("status") == "succeeded":
+            return {"run": run.id, "data": summary.get("data"), "pushed": summary.get("pushed")}
+    return None
+
+
+def next_step(summary: dict, failed_step: str | None) -> str | None:
+    """The command a person runs next, for a night that did not end well."""
+    run_id = summary["run_id"]
+    if summary["status"] == "terminated":
+        return "python -m pipeline nightly  (it resumes from the finished steps and the last finished epoch)"
+    if summary["failed_checks"]:
+        return (f"open {summary['report']}#validation; if the data is right after all, accept it for one night with "
+                f"python -m pipeline nightly --set 'validation.warn_only=[...]'")
+    if failed_step:
+        return f"python -m pipeline show {run_id}; after the fix: python -m pipeline run --rerun {failed_step}"
+    if summary["status"] != "succeeded":
+        return f"python -m pipeline show {run_id}"
+    return None
+
+
 def summarize(run: Run | None, error: str | None, interrupted: dict | None, duration_s: float,
-              deleted: int, *, stopped: bool = False) -> dict:
+              deleted: int, *, stopped: bool = False, served: dict | None = None,
+              last_good: dict | None = None) -> dict:
+    from components.validate import anomaly_lines
+
     components = run.record.get("components", {}) if run else {}
-    ingest, training, blessing, export = (result(run, name) if run else {}
-                                          for name in ("ingest", "train", "evaluate", "export"))
+    ingest, training, validation, blessing, export = (
+        result(run, name) if run else {} for name in ("ingest", "train", "validate", "evaluate", "export"))
     extra = ingest.get("extra", {})
     splits = ingest.get("splits", {})
     trained_now = components.get("train", {}).get("status") == "succeeded"
@@ -154,16 +201,19 @@ def summarize(run: Run | None, error: str | None, interrupted: dict | None, dura
         pushed = f"not pushed: the run {'was stopped' if stopped else 'failed'} ({error})"
     elif export_entry.get("status") == "cached":
         pushed = f"not pushed: nothing changed since run {export_entry['from_run']}"
-    elif export.get("pushed"):
+    elif export.get("pushed") and export_entry.get("status") == "succeeded":
         pushed = f"pushed version {export['version']}"
     elif export.get("not_pushed_because"):
         pushed = "not pushed: " + "; ".join(export["not_pushed_because"])
     else:
         pushed = f"not pushed: version {export.get('already_served')} already serves this model"
-    return {
+    failed_step = next((name for name, c in components.items() if c.get("status") in ("failed", "terminated")), None)
+    summary = {
         "run_id": run.id if run else None,
         "status": "terminated" if stopped else "failed" if error else "succeeded",
         "error": error,
+        "failed_step": failed_step,
+        "failed_checks": anomaly_lines(validation) if validation and not validation.get("passed", True) else [],
         "components": {name: c.get("status") for name, c in components.items()},
         "data": {
             "train": splits.get("train", {}).get("count"),
@@ -173,16 +223,23 @@ def summarize(run: Run | None, error: str | None, interrupted: dict | None, dura
         },
         "skipped_files": extra.get("skipped", []),
         "test_accuracy": (blessing.get("candidate") or {}).get("accuracy"),
-        "baseline_accuracy": (blessing.get("baseline") or {}).get("accuracy"),
+        "baseline_accuracy": (blessing.get("baseline") or {}).get("accuracy"),  # what the blessing compared with
+        "judged_against": (blessing.get("judged_against") or {}).get("version"),
+        "served": served,  # what serves after this night, from its push record
         "slices": STEPS["evaluate"].summary(blessing).get("slices", {}),  # the users' slice, both models
-        "pushed": export.get("version") if export.get("pushed") and export_entry.get("status") == "succeeded" else None,
+        "pushed": pushed_version(run, pushes(run.path.parent.parent)) if run else None,  # its push record
         "warnings": blessing.get("warnings", []),
         "push_decision": pushed,
         "interrupted": interrupted,  # the last night, if it never finished: its alert, if any, is this one
         "resumed": {"from_run": interrupted["run"], "training_resumed_after_epoch": resumed_epoch} if interrupted else None,
         "duration_s": duration_s,
         "gc_deleted": deleted,
+        "host": socket.gethostname(),
+        "report": str(run.path / "report.html") if run else None,
+        "last_good": last_good,
     }
+    summary["next"] = next_step(summary, failed_step)
+    return summary
 
 
 def one_line(summary: dict) -> str:
@@ -191,22 +248,55 @@ def one_line(summary: dict) -> str:
         f"nightly {summary['status']}: run {summary['run_id']}",
         f"train {data['train']} (extra {data['extra_images']}"
         + (f", {data['held_out']} held out" if data.get("held_out") else "") + f") test {data['test']}",
-        f"accuracy {_pct(summary['test_accuracy'])} vs served {_pct(summary['baseline_accuracy'])}",
-        *(f"{name} slice {_pct(s['accuracy'])} vs served {_pct(s['served_accuracy'])} ({s['examples']} images)"
-          for name, s in summary.get("slices", {}).items()),
+        f"accuracy {_pct(summary['test_accuracy'])} vs {_judged(summary)} {_pct(summary['baseline_accuracy'])}",
+        *(f"{name} slice {_pct(s['accuracy'])} vs {_judged(summary)} {_pct(s['served_accuracy'])} "
+          f"({s['examples']} images)" for name, s in summary.get("slices", {}).items()),
         summary["push_decision"],
+        (f"serving v{summary['served']['version']} ({_pct(summary['served']['accuracy'])})" if summary.get("served")
+         else "nothing served"),
         f"{len(summary['skipped_files'])} bad file(s) skipped",
         f"{summary['duration_s']}s",
     ]
     if (summary.get("inference") or {}).get("folder"):
         scored = summary["inference"]
-        parts.append(f"scored {scored['images']} inbox image(s), {scored['queued']} queued for review")
+        parts.append(f"scored {scored['images']} inbox image(s), {scored['queued']} queued for review"
+                     + (f" ({scored['already_known']} already labelled or queued)" if scored.get("already_known") else ""))
     if summary["interrupted"]:
         last = summary["interrupted"]
         parts.append(f"the last night's run {last['run']} was {last['status']}"
                      + (f" during {last['step']}" if last.get("step") else "")
                      + f", resumed (training after epoch {summary['resumed']['training_resumed_after_epoch']})")
     return printable("; ".join(parts))  # file names and error texts from outside: one line, escaped
+
+
+def alert_text(summary: dict, line: str) -> str:
+    """What a person is told: the summary line, and for a night that did not end well what
+    failed, the data against the last good night, what serves, where to look and what to run."""
+    if summary["status"] == "succeeded" and not summary.get("interrupted"):
+        return line
+    data = summary["data"]
+    lines = [line]
+    if summary.get("error"):
+        lines.append(f"what failed: {summary['error']}")
+    lines += [f"failed check: {check}" for check in summary.get("failed_checks", [])]
+    counts = f"train {data['train']} (extra images {data['extra_images']}) test {data['test']}"
+    last = summary.get("last_good")
+    if last:
+        before = last["data"] or {}
+        counts += (f"; the last good night (run {last['run']}): train {before.get('train')} "
+                   f"(extra images {before.get('extra_images')}) test {before.get('test')}")
+    lines.append(f"data: {counts}")
+    served = summary.get("served")
+    lines.append(f"serving: version {served['version']}, test accuracy {_pct(served['accuracy'])}" if served
+                 else "serving: nothing")
+    lines.append(f"host {summary.get('host')}; report {summary.get('report')}")
+    if summary.get("next"):
+        lines.append(f"next: {summary['next']}")
+    return "\n".join(printable(text) for text in lines)
+
+
+def _judged(summary: dict) -> str:
+    return f"v{summary['judged_against']}" if summary.get("judged_against") else "served"
 
 
 def _pct(value) -> str:

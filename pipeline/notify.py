@@ -81,13 +81,17 @@ def payload(summary: dict, line: str) -> dict:
 
 
 def subject(summary: dict) -> str:
+    """What happened, in a mail's subject: pushed, not pushed and why, failed or stopped in which step."""
     happened = event(summary)
-    after = " after an interrupted night" if summary.get("interrupted") else ""
+    run = f"(run {summary.get('run_id')})" + (" after an interrupted night" if summary.get("interrupted") else "")
     if happened == "push":
-        return f"MNIST nightly: pushed version {summary['pushed']} (run {summary.get('run_id')}){after}"
-    what = ({"succeeded": None, "terminated": "STOPPED"}.get(summary.get("status"), "FAILED")
-            or ("model refused" if happened == "failure" else "done"))
-    return f"MNIST nightly {what}: run {summary.get('run_id')}{after}"
+        return f"MNIST nightly: pushed version {summary['pushed']} {run}"
+    status = summary.get("status")
+    if status != "succeeded":
+        step = f" in {summary['failed_step']}" if summary.get("failed_step") else ""
+        return f"MNIST nightly {'STOPPED' if status == 'terminated' else 'FAILED'}{step} {run}"
+    first = (summary.get("push_decision") or "not pushed").split("; ")[0]
+    return f"MNIST nightly: {first if len(first) <= 120 else first[:117] + '...'} {run}"
 
 
 class DeliveryError(RuntimeError):

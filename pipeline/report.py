@@ -62,7 +62,7 @@ def class_histograms(statistics: dict) -> bytes:
         ax.bar(np.arange(10) + i * width, [hist[str(c)] / total for c in range(10)], width, label=split)
     ax.set(xticks=np.arange(10) + width * (len(splits) - 1) / 2, xticklabels=range(10), xlabel="digit",
            ylabel="share of split", title="Class distribution per split")
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside the bars: inside, it hid those of 8 and 9
     return _png(fig)
 
 
@@ -75,7 +75,7 @@ def pixel_histograms(statistics: dict) -> bytes:
             ax.plot((np.arange(len(bins)) + 0.5) / len(bins), bins, marker="o", ms=3, label=split)
     ax.set(yscale="log", xlabel="scaled pixel intensity", ylabel="share of pixels (log)",
            title="Pixel-intensity distribution per split")
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return _png(fig)
 
 
@@ -96,8 +96,8 @@ def build_report(run_dir: Path) -> Path:
     run_dir = Path(run_dir)
     store = ArtifactStore(run_dir.parent.parent)
     run = store.run(run_dir.name)
-    statistics, anomalies, training, blessing, export = (
-        lineage.result(run, name) for name in ("preprocess", "validate", "train", "evaluate", "export"))
+    ingest, statistics, anomalies, training, blessing, export = (
+        lineage.result(run, name) for name in ("ingest", "preprocess", "validate", "train", "evaluate", "export"))
     history = _opened(run, "train", "history") or {}
     pictures: dict[str, bytes] = {}
     if statistics:
@@ -115,11 +115,12 @@ def build_report(run_dir: Path) -> Path:
         component["report"] = f"../{reused_from}/report.html" if reused_from and reused_from != run.id else None
     worst = _file(run, "evaluate", "worst_misclassified")
     html = TEMPLATES.get_template("report.html.j2").render(
-        run=shown, record=run.record, statistics=statistics, anomalies=anomalies or None,
+        run=shown, record=run.record, ingest=ingest, statistics=statistics, anomalies=anomalies or None,
         training=training or None, metrics=_opened(run, "evaluate", "metrics"),
         classification=_opened(run, "evaluate", "classification_report"),
         worst=json.loads(worst.read_text()) if worst else None,  # a list, not a record
         blessing=blessing or None, export=STEPS["export"].summary(export),
+        pushed=lineage.pushed_version(run, lineage.pushes(store.root)),
         images={name: "data:image/png;base64," + base64.b64encode(data).decode() for name, data in pictures.items()},
     )
     folder = run_dir / "report"
@@ -130,7 +131,8 @@ def build_report(run_dir: Path) -> Path:
 
 
 def build_index(artifacts: Path, model_base: Path) -> Path:
-    """Writes `<artifacts>/index.html`: every run and every served version, linked to their reports."""
+    """Writes `<artifacts>/index.html`: every run and every served version, linked to their reports,
+    and every inference folder, linked to its review page."""
     from components import serving  # no TensorFlow: reads push records and folder names
 
     store = ArtifactStore(artifacts)
@@ -143,7 +145,8 @@ def build_index(artifacts: Path, model_base: Path) -> Path:
         version["report"] = reports.get(version.get("run"))
         if version.get("model_card"):  # relative, so the index opens from disk or over HTTP alike
             version["model_card"] = Path(os.path.relpath(Path(model_base) / version["model_card"], artifacts)).as_posix()
-    html = TEMPLATES.get_template("index.html.j2").render(runs=runs, versions=versions, model_base=str(model_base))
+    html = TEMPLATES.get_template("index.html.j2").render(runs=runs, versions=versions, model_base=str(model_base),
+                                                         inferences=inference_rows(store))
     return write_atomic(Path(artifacts) / "index.html", html.encode())
 
 
@@ -154,3 +157,18 @@ def build_all(run_dir: Path, artifacts: Path, model_base: Path) -> list[Path]:
     except Exception as err:  # the report describes the run; it must never fail it
         log.warning("could not write the report of %s: %s", Path(run_dir).name, err)
         return []
+
+
+def inference_rows(store: ArtifactStore) -> list[dict]:
+    """Each inference folder, newest first, from its manifest: counts and a link to its review page."""
+    from pipeline.store import MANIFEST
+
+    rows = []
+    for folder in reversed(store.inferences()):
+        manifest = read_json(folder / MANIFEST)
+        result = manifest.get("result") or {}
+        page = folder / "review.html"  # relative, like the reports' links
+        rows.append({"id": folder.name, "started_at": manifest.get("started_at"),
+                     **{k: result.get(k) for k in ("images", "queued", "already_known", "bad")},
+                     "review": f"inference/{folder.name}/{page.name}" if page.is_file() else None})
+    return rows

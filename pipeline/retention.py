@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,8 +43,19 @@ class Plan:
     versions: list[Path] = field(default_factory=list)
     scratch: list[Path] = field(default_factory=list)
 
+    why: dict[Path, str] = field(default_factory=dict)  # each path's reason, as `gc` prints it
+
     def paths(self) -> list[Path]:
         return [*self.runs, *self.versions, *self.scratch]
+
+
+def tree_bytes(path: Path) -> int:
+    """What deleting `path` frees: its files' sizes (links not followed)."""
+    path = Path(path)
+    if not path.is_dir() or path.is_symlink():
+        return path.lstat().st_size if path.exists() or path.is_symlink() else 0
+    return sum(os.lstat(os.path.join(folder, name)).st_size
+               for folder, _, files in os.walk(path) for name in files)
 
 
 def _run_ids_in(record, runs_dir: Path) -> set[str]:
@@ -96,20 +108,31 @@ def plan(artifacts: Path, model_base: Path, keep_runs: int, keep_versions: int,
                 keep.add(used)
                 todo.append(used)
 
-    result = Plan(
-        model_base=Path(model_base),
-        # The newest inference folders stay, as many as runs: their review queues wait for a person.
-        runs=[p for p in run_dirs if p.name not in keep] + (store.inferences()[:-keep_runs] if keep_runs > 0 else []),
-        versions=[Path(model_base) / str(v) for v in versions if v not in kept_versions],
-    )
+    old_runs = [p for p in run_dirs if p.name not in keep]
+    # The newest inference folders stay, as many as runs: their review queues wait for a person.
+    old_inferences = store.inferences()[:-keep_runs] if keep_runs > 0 else []
+    result = Plan(model_base=Path(model_base), runs=old_runs + old_inferences,
+                  versions=[Path(model_base) / str(v) for v in versions if v not in kept_versions])
+    result.why.update({p: f"older than the last {keep_runs} run(s) (retention.keep_runs), and no kept run or "
+                          f"served version uses it" for p in old_runs})
+    result.why.update({p: f"older than the last {keep_runs} inference folder(s) (retention.keep_runs)"
+                       for p in old_inferences})
+    result.why.update({p: f"older than the last {keep_versions} version(s) (retention.keep_versions), neither "
+                          f"the served one nor the one it replaced" for p in result.versions})
     for run_dir in run_dirs:
         if run_dir.name not in active:  # a dead process's scratch, temp files and reserve
-            result.scratch += sorted(p for p in run_dir.iterdir() if p.name.startswith("."))
-    result.scratch += sorted(Path(artifacts).glob(".index.html.*"))  # a report writer killed mid-write
+            _sweep(result, sorted(p for p in run_dir.iterdir() if p.name.startswith(".")),
+                   "scratch or temp files of a process that is gone")
+    _sweep(result, sorted(Path(artifacts).glob(".index.html.*")), "a report writer's temp file, killed mid-write")
     if Path(model_base).is_dir() and _free(serving.push_lock(model_base)):  # no push under way
-        result.scratch += sorted(Path(model_base).glob(".staging-*"))
-    result.scratch += _finished_backups(store)
+        _sweep(result, sorted(Path(model_base).glob(".staging-*")), "an interrupted push's staging copy")
+    _sweep(result, _finished_backups(store), "the backup of a training that has finished since")
     return result
+
+
+def _sweep(found: Plan, paths: list[Path], why: str) -> None:
+    found.scratch += paths
+    found.why.update({p: why for p in paths})
 
 
 def _free(lock_path: Path) -> bool:

@@ -68,35 +68,32 @@ def run(cfg: Config, artifacts: Path, components: list[str] | None = None, *,
     me = psutil.Process()
     run_dir = store.new_run({"components_requested": names, "config": cfg.model_dump(),
                              "pid": me.pid, "process_started": me.create_time(), "status": "running"})
-    handler = _log_to(run_dir / "run.log")
-    ctx = RunContext(run_dir.name, store, model_base(cfg, artifacts))
-    log.info("run %s started in %s", run_dir.name, run_dir)
-    produced: dict[str, Upstream] = {}
-    step = None
-    try:
-        with stoppable(), temp_files_in(run_dir):
-            for step in names:
-                stop_if_requested()
-                produced[step] = _run_step(store, run_dir, STEPS[step], cfg, ctx, produced,
-                                           use_cache=use_cache and step not in forced)
-        store.update_run(run_dir, status="succeeded", finished_at=now())
-        log.info("run %s succeeded", run_dir.name)
-    except Terminated as stop:
-        store.update_run(run_dir, status="terminated", finished_at=now(), error=str(stop), stopped_in=step)
-        log.error("run %s %s during %s", run_dir.name, stop, step)
-        raise
-    except BaseException as err:
-        store.update_run(run_dir, status="failed", finished_at=now(), error=error_line(err))
-        raise
-    finally:
-        store.release_reserve(run_dir)
-        from pipeline.report import build_all  # matplotlib: only once a run has happened
+    with logging_to(run_dir / "run.log"):
+        ctx = RunContext(run_dir.name, store, model_base(cfg, artifacts))
+        log.info("run %s started in %s", run_dir.name, run_dir)
+        produced: dict[str, Upstream] = {}
+        step = None
+        try:
+            with stoppable(), temp_files_in(run_dir):
+                for step in names:
+                    stop_if_requested()
+                    produced[step] = _run_step(store, run_dir, STEPS[step], cfg, ctx, produced,
+                                               use_cache=use_cache and step not in forced)
+            store.update_run(run_dir, status="succeeded", finished_at=now())
+            log.info("run %s succeeded", run_dir.name)
+        except Terminated as stop:
+            store.update_run(run_dir, status="terminated", finished_at=now(), error=str(stop), stopped_in=step)
+            log.error("run %s %s during %s", run_dir.name, stop, step)
+            raise
+        except BaseException as err:
+            store.update_run(run_dir, status="failed", finished_at=now(), error=error_line(err))
+            raise
+        finally:
+            store.release_reserve(run_dir)
+            from pipeline.report import build_all  # matplotlib: only once a run has happened
 
-        for path in build_all(run_dir, Path(artifacts), ctx.model_base):
-            log.info("report: %s", path)
-        for name in LOGGERS:
-            logging.getLogger(name).removeHandler(handler)
-        handler.close()
+            for path in build_all(run_dir, Path(artifacts), ctx.model_base):
+                log.info("report: %s", path)
     return run_dir
 
 
@@ -244,8 +241,7 @@ def _run_step(store: ArtifactStore, run_dir: Path, step: Step, cfg: Config, ctx:
         store.update_run(run_dir, step.name, status="cached", reused=str(hit.path), from_run=hit.run_id, fingerprint=fp)
         log.info("%s cached (from run %s)", step.name, hit.run_id)
         manifest = hit.manifest
-        if step.gate:
-            step.gate(hit.path, manifest["result"])
+        _pass_gate(store, run_dir, step, hit.path, manifest["result"])
         return _output(hit.path, manifest)
 
     store.update_run(run_dir, step.name, status="running", started_at=now(), fingerprint=fp,
@@ -292,9 +288,21 @@ def _run_step(store: ArtifactStore, run_dir: Path, step: Step, cfg: Config, ctx:
     store.update_run(run_dir, step.name, status="succeeded", duration_s=duration)
     log.info("%s succeeded in %.1fs", step.name, duration)
     cache.note_same_content(store, step, manifest["content"], run_dir.name)
-    if step.gate:
-        step.gate(run_dir / step.name, result)
+    _pass_gate(store, run_dir, step, run_dir / step.name, result)
     return _output(run_dir / step.name, manifest)
+
+
+def _pass_gate(store: ArtifactStore, run_dir: Path, step: Step, output: Path, result: dict) -> None:
+    """The step's gate (validate's: no data anomaly) on its whole output. A gate that stops the
+    run makes the step `failed` in the run's record, as people read it; its output stays whole
+    in the store (the manifest says succeeded) and is reused like any other."""
+    if not step.gate:
+        return
+    try:
+        step.gate(output, result)
+    except Exception as err:
+        store.update_run(run_dir, step.name, status="failed", gate="failed", error=error_line(err, named=False))
+        raise
 
 
 def _explained(err: BaseException, step: Step, upstream: dict[str, Upstream]) -> BaseException:
@@ -349,8 +357,10 @@ def configure_logging(stream=None) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def _log_to(path: Path) -> logging.Handler:
-    """Copies the run's progress into its own run.log, whatever the caller configured."""
+@contextlib.contextmanager
+def logging_to(path: Path):
+    """Copies our loggers' lines into `path` (a run's run.log) while held, whatever the caller
+    configured."""
     handler = logging.FileHandler(path)
     handler.setFormatter(OneLineFormatter())
     handler.setLevel(logging.INFO)
@@ -359,4 +369,9 @@ def _log_to(path: Path) -> logging.Handler:
         logger.addHandler(handler)
         if logger.level == logging.NOTSET:
             logger.setLevel(logging.INFO)
-    return handler
+    try:
+        yield
+    finally:
+        for name in LOGGERS:
+            logging.getLogger(name).removeHandler(handler)
+        handler.close()

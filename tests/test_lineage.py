@@ -1,5 +1,6 @@
 """`runs` and `show` read lineage back from the store, without TensorFlow."""
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -77,3 +78,44 @@ def test_reused_outputs_are_found_from_any_working_directory(full_run, tmp_path,
     monkeypatch.chdir(REPO)
     found = artifact(ArtifactStore(tmp_path / "artifacts").run(cached.name), "train")
     assert found == tmp_path / "artifacts" / "runs" / full_run[1].name / "train"
+
+
+def test_every_page_credits_a_push_to_the_run_whose_push_record_names_it(store, full_run, tfds_dir):
+    from pipeline.config import load_config
+    from pipeline.nightly import nightly
+    from pipeline.report import build_index
+
+    first = full_run[1].name
+    status, summary = nightly(load_config(small_overrides(tfds_dir)), store)  # nothing new: all cached
+    assert status == 0 and summary["pushed"] is None
+    cached = summary["run_id"]
+    # The served model's own figures, from its push record, not the blessing it was once judged by.
+    served = json.loads((store / "serving" / "mnist" / "1" / "assets.extra" / "push.json").read_text())
+    assert summary["served"] == {"version": 1, "accuracy": served["test_accuracy"]}
+    assert f"serving v1 ({served['test_accuracy']:.2%})" in (store / "runs" / cached / "run.log").read_text()
+
+    # A run killed right after its push rename has no export of its own, but the push record names it.
+    shutil.rmtree(store / "runs" / first / "export")
+    rows = {r["run"]: r["pushed"] for r in json.loads(pipeline("--artifacts", store, "runs", "--json").stdout)}
+    assert rows == {first: 1, cached: None}
+    text = pipeline("--artifacts", store, "runs").stdout
+    [cached_line] = [line for line in text.splitlines() if line.startswith(cached)]
+    assert cached_line.rstrip().endswith("-")
+    index = build_index(store, store / "serving" / "mnist").read_text()
+    assert index.count(">v1<") == 1  # the runs table credits v1 to the first run only
+
+
+def test_a_run_stopped_by_its_validation_shows_validate_as_failed(tmp_path, tfds_dir):
+    from pipeline.config import load_config
+    from pipeline.nightly import nightly
+    from pipeline.report import build_report
+
+    status, summary = nightly(load_config(small_overrides(tfds_dir, **{"validation.min_examples": 10**6})), tmp_path)
+    assert status == 1 and summary["components"]["validate"] == "failed" and summary["failed_step"] == "validate"
+    assert summary["failed_checks"] and summary["failed_checks"][0].startswith("empty_split")
+    run_dir = tmp_path / "runs" / summary["run_id"]
+    record = json.loads((run_dir / "run.json").read_text())["components"]["validate"]
+    assert record["status"] == "failed" and record["gate"] == "failed" and "data validation failed" in record["error"]
+    html = build_report(run_dir).read_text()
+    assert '<td class="text">validate</td><td class="text">failed</td>' in html
+    assert json.loads((run_dir / "validate" / "manifest.json").read_text())["status"] == "succeeded"  # whole, reusable

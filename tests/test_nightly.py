@@ -139,7 +139,7 @@ def test_a_nightly_stopped_by_sigterm_records_where_and_alerts_and_the_next_nigh
     assert summary["status"] == "terminated" and "stopped by SIGTERM" in summary["error"]
     _, _, alert = received.get(timeout=30)
     assert alert["event"] == "failure" and alert["run_id"] == run_dir.name
-    assert alert["text"] == [line for line in out.splitlines() if line.startswith("nightly ")][-1]
+    assert alert["text"].splitlines()[0] == [line for line in out.splitlines() if line.startswith("nightly ")][-1]
     assert "not pushed: the run was stopped (train stopped: stopped by SIGTERM)" in alert["text"]
 
     status, summary = nightly(load_config(small_overrides(tfds_dir, **settings)), store)

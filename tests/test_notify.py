@@ -65,7 +65,7 @@ def test_a_failing_nightly_posts_the_run_and_its_error(store, tfds_dir, webhook,
     path, content_type, body = received.get(timeout=WAIT_S)
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert path == "/hooks/T000/secret" and content_type == "application/json"
-    assert body["text"] == line and line.startswith(f"nightly failed: run {summary['run_id']}")
+    assert body["text"].splitlines()[0] == line and line.startswith(f"nightly failed: run {summary['run_id']}")
     assert body["event"] == "failure" and body["run_id"] == summary["run_id"]
     assert body["error"] == summary["error"] and "data validation failed" in body["error"]
     assert {k: body[k] for k in summary} == json.loads(json.dumps(summary))  # every field of the summary
@@ -205,3 +205,31 @@ def test_a_trickling_webhook_is_cut_off_at_the_deadline_with_the_lock_already_fr
     assert returned - asked < 2 + 1  # notify.timeout_s for the whole delivery, not per byte
     [warning] = _notify_warnings(caplog)
     assert "(TimeoutError: no complete answer before the notify.timeout_s deadline)" in warning
+
+
+def test_a_failure_alert_says_what_failed_against_the_last_good_night_and_what_to_run(store, tfds_dir, webhook):
+    url, received = webhook
+    good_status, good = nightly(load_config(small_overrides(tfds_dir)), store)  # cached: a good night
+    assert good_status == 0
+    status, summary = nightly(load_config(small_overrides(tfds_dir, **FAIL, **{"notify.webhook": url})), store)
+    assert status == 1
+    _, _, body = received.get(timeout=WAIT_S)
+    lines = body["text"].splitlines()
+    assert lines[1].startswith("what failed: data validation failed, training not started: empty_split")
+    assert any(line.startswith("failed check: empty_split (") and "validation.min_examples" in line for line in lines)
+    served = json.loads((store / "serving" / "mnist" / "1" / "assets.extra" / "push.json").read_text())
+    assert (f"data: train 2000 (extra images 0) test 500; the last good night (run {good['run_id']}): "
+            f"train 2000 (extra images 0) test 500") in lines
+    assert f"serving: version 1, test accuracy {served['test_accuracy']:.2%}" in lines
+    assert f"host {socket.gethostname()}; report {store / 'runs' / summary['run_id'] / 'report.html'}" in lines
+    assert lines[-1].startswith(f"next: open {store / 'runs' / summary['run_id'] / 'report.html'}#validation")
+    assert notify.subject(summary) == f"MNIST nightly FAILED in validate (run {summary['run_id']})"
+    assert good["push_decision"].startswith("not pushed: nothing changed since run")
+    assert notify.subject(good) == f"MNIST nightly: {good['push_decision']} (run {good['run_id']})"
+
+
+def test_an_undelivered_alert_is_in_the_runs_log_too(store, tfds_dir, closed_port):
+    url = f"http://127.0.0.1:{closed_port}/hooks/T000/secret"
+    _, summary = nightly(load_config(small_overrides(tfds_dir, **FAIL, **{"notify.webhook": url})), store)
+    run_log = (store / "runs" / summary["run_id"] / "run.log").read_text()
+    assert f"WARNING pipeline: notify: the webhook http://127.0.0.1:{closed_port} was not reached" in run_log

@@ -80,8 +80,10 @@ def test_runs_behind_versions_pushed_to_another_serving_root_are_kept_and_named(
 
     # Without that setting: r1 is past keep_runs=1, but the version it pushed still serves.
     assert main(["--artifacts", str(root), "gc", "--dry-run", "--set", "retention.keep_runs=1"]) == 0
-    planned = [line.removeprefix("would delete ") for line in capsys.readouterr().out.splitlines()]
-    assert planned == [str(root / "runs" / "r2"), "1 to delete"]
+    planned = capsys.readouterr().out.splitlines()
+    size = sum(p.stat().st_size for p in (root / "runs" / "r2").rglob("*") if p.is_file())
+    assert planned == [f"would delete {root / 'runs' / 'r2'} ({size} B): older than the last 1 run(s) "
+                       f"(retention.keep_runs), and no kept run or served version uses it", f"1 to delete, {size} B"]
     assert main(["--artifacts", str(root), "models"]) == 0
     assert (f"also served: 1 version(s) under {root / 'elsewhere' / 'mnist'}; list them with "
             f"--set export.serving_root={root / 'elsewhere'} --set export.model_name=mnist") in capsys.readouterr().out
