@@ -176,8 +176,11 @@ class ArtifactStore:
         self.inference_dir = self.root / "inference"
 
     def new_id(self) -> str:
-        """A run's or an inference's id: its start time, sortable, and a random tail."""
-        return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(2)
+        """A run's or an inference's id: its start time to the millisecond, sortable, and a random
+        tail. Milliseconds, because a fully cached run takes half a second: two runs in one second
+        ordered by their random tails made an older run the `latest`."""
+        started = datetime.now(timezone.utc)
+        return f"{started:%Y%m%dT%H%M%S}{started.microsecond // 1000:03d}Z-{secrets.token_hex(2)}"
 
     def inferences(self) -> list[Path]:
         """Every whole inference folder, oldest first."""

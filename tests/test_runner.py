@@ -132,3 +132,16 @@ def test_a_full_disk_is_recorded_naming_the_component_and_leaves_nothing_half_wr
     run_dir = run(cfg, root, ["train"])
     training = json.loads((run_dir / "train" / "training.json").read_text())
     assert training["resumed_after_epoch"] == 0 and training["epochs_run"] == 1
+
+
+def test_runs_started_within_one_second_keep_their_order(tmp_path):
+    import time
+
+    from pipeline.store import ArtifactStore
+
+    store = ArtifactStore(tmp_path)
+    made = []
+    for _ in range(5):  # a fully cached run takes half a second: several fit in one
+        made.append(store.new_run({"status": "succeeded"}).name)
+        time.sleep(0.002)
+    assert [run.id for run in store.runs()] == made
