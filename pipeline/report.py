@@ -4,7 +4,9 @@ Both are rendered from the store's records with Jinja2 and are self-contained: e
 picture is embedded as a PNG data URI (and also kept as a file in `<run>/report/`), the
 style is inline, nothing is fetched, so a report opens from disk or as a mail attachment.
 The pictures that need the model or the images come from evaluate; this module draws
-only from JSON, and imports no TensorFlow.
+only from JSON, and imports no TensorFlow. A picture of an output is drawn once, by the
+report of the run that made the output; a run that reused the output reuses its picture
+(the same records draw the same picture), so a fully cached run imports no matplotlib.
 """
 from __future__ import annotations
 
@@ -17,10 +19,9 @@ from pathlib import Path
 
 import jinja2
 import numpy as np
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
 
 from pipeline import lineage
+from pipeline.console import printable
 from pipeline.graph import STEPS
 from pipeline.store import ArtifactStore, Run, read_json, write_atomic
 
@@ -28,10 +29,18 @@ log = logging.getLogger("pipeline")
 # Always on: select_autoescape() decides by the last extension, `.j2`, which turned it off.
 # Settings, paths, error text and file names in a report come from outside.
 TEMPLATES = jinja2.Environment(loader=jinja2.PackageLoader("pipeline", "templates"), autoescape=True)
+TEMPLATES.filters["printable"] = printable  # a newline or an escape sequence in a name shows as `\n`, `\x1b`
 EVALUATE_PICTURES = ("confusion_matrix.png", "confusion_matrix_errors.png", "worst_misclassified.png")  # as declared
+PICTURES = "report"  # <run>/report/: each picture of the report as a file
 
 
-def _png(fig: Figure) -> bytes:
+def _figure(**size):
+    from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global figure state; only to draw
+
+    return Figure(**size)
+
+
+def _png(fig) -> bytes:
     buffer = io.BytesIO()
     fig.tight_layout()
     fig.savefig(buffer, format="png", dpi=90)
@@ -39,7 +48,9 @@ def _png(fig: Figure) -> bytes:
 
 
 def training_curves(history: dict) -> bytes:
-    fig = Figure(figsize=(10, 3.6))
+    from matplotlib.ticker import MaxNLocator
+
+    fig = _figure(figsize=(10, 3.6))
     for ax, metric in zip(fig.subplots(1, 2), ("loss", "accuracy")):
         for key, style in ((metric, "-"), (f"val_{metric}", "--")):
             if key in history:
@@ -52,7 +63,7 @@ def training_curves(history: dict) -> bytes:
 
 
 def class_histograms(statistics: dict) -> bytes:
-    fig = Figure(figsize=(10, 3.2))
+    fig = _figure(figsize=(10, 3.2))
     ax = fig.subplots()
     splits = [s for s in ("train", "validation", "test") if s in statistics]
     width = 0.8 / max(len(splits), 1)
@@ -67,7 +78,7 @@ def class_histograms(statistics: dict) -> bytes:
 
 
 def pixel_histograms(statistics: dict) -> bytes:
-    fig = Figure(figsize=(10, 3.2))
+    fig = _figure(figsize=(10, 3.2))
     ax = fig.subplots()
     for split in ("train", "validation", "test"):
         bins = statistics.get(split, {}).get("pixel_histogram")
@@ -77,6 +88,18 @@ def pixel_histograms(statistics: dict) -> bytes:
            title="Pixel-intensity distribution per split")
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return _png(fig)
+
+
+def _drawn_once(run: Run, component: str, records: dict, drawings: dict) -> dict[str, bytes]:
+    """The pictures of `component`'s output: those the report of the run that made the output
+    drew, where this run reused it; drawn from `records` otherwise (or if that report has none)."""
+    output = lineage.artifact(run, component)
+    made_by = output.parent if output and output.parent != run.path else None
+    pictures = {}
+    for name, draw in drawings.items():
+        earlier = made_by / PICTURES / name if made_by else None
+        pictures[name] = earlier.read_bytes() if earlier and earlier.is_file() else draw(records)
+    return pictures
 
 
 def _file(run: Run, component: str, what: str) -> Path | None:
@@ -101,10 +124,10 @@ def build_report(run_dir: Path) -> Path:
     history = _opened(run, "train", "history") or {}
     pictures: dict[str, bytes] = {}
     if statistics:
-        pictures["class_distribution.png"] = class_histograms(statistics)
-        pictures["pixel_distribution.png"] = pixel_histograms(statistics)
+        pictures.update(_drawn_once(run, "preprocess", statistics, {"class_distribution.png": class_histograms,
+                                                                    "pixel_distribution.png": pixel_histograms}))
     if history:
-        pictures["training_curves.png"] = training_curves(history)
+        pictures.update(_drawn_once(run, "train", history, {"training_curves.png": training_curves}))
     for name in EVALUATE_PICTURES:
         if _file(run, "evaluate", name):
             pictures[name] = _file(run, "evaluate", name).read_bytes()
@@ -123,7 +146,7 @@ def build_report(run_dir: Path) -> Path:
         pushed=lineage.pushed_version(run, lineage.pushes(store.root)),
         images={name: "data:image/png;base64," + base64.b64encode(data).decode() for name, data in pictures.items()},
     )
-    folder = run_dir / "report"
+    folder = run_dir / PICTURES
     folder.mkdir(exist_ok=True)
     for name, data in pictures.items():
         write_atomic(folder / name, data)

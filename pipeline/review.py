@@ -18,12 +18,11 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-import jinja2
 import numpy as np
 from PIL import Image
 
 from components.common.digits import FIELD, ImageError, load_image, to_mnist
-from pipeline.console import printable
+from pipeline.report import TEMPLATES  # autoescape on, and `printable`
 from pipeline.store import read_json, write_atomic
 
 PAGE = "review.html"
@@ -32,9 +31,6 @@ NOT_QUEUED_SHOWN_MAX = 500  # rows of the images not queued again
 MNIST_SCALE = 4  # 28x28 shown as 112x112, each pixel a block: what the model saw, visibly
 ORIGINAL_MAX = 160  # px, the longer side of the picture as read
 RECORD = re.compile(r"\.tfrecord#[0-9a-f]{12}$")  # how components/infer.py names a record's example
-# As the run report's: autoescape always on (select_autoescape would turn it off for `.j2`).
-TEMPLATES = jinja2.Environment(loader=jinja2.PackageLoader("pipeline", "templates"), autoescape=True)
-TEMPLATES.filters["printable"] = printable  # a newline or an escape sequence in a name shows as `\n`, `\x1b`
 
 
 def build_review(folder: Path, inference_id: str, extra_dir: str | Path | None) -> Path:

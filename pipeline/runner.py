@@ -90,7 +90,7 @@ def run(cfg: Config, artifacts: Path, components: list[str] | None = None, *,
             raise
         finally:
             store.release_reserve(run_dir)
-            from pipeline.report import build_all  # matplotlib: only once a run has happened
+            from pipeline.report import build_all  # only once a run has happened
 
             for path in build_all(run_dir, Path(artifacts), ctx.model_base):
                 log.info("report: %s", path)

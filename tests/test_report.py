@@ -125,3 +125,19 @@ def test_every_field_from_outside_is_escaped_in_the_report(full_run, tmp_path):
     html = build_report(run_dir).read_text()
     _no_markup_from_outside(html)
     assert html.count("&lt;img src=x") >= 5
+
+
+def test_a_cached_run_reuses_the_pictures_of_the_run_that_made_its_outputs(store, full_run, tfds_dir):
+    from tests.conftest import small_overrides
+
+    args = [a for kv in small_overrides(tfds_dir) for a in ("--set", kv)]
+    probe = ("import sys; from pipeline.__main__ import main; "
+             f"code = main(['--artifacts', {str(store)!r}, 'run', *{args!r}]); "
+             "print(code, 'matplotlib' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.stdout.strip().splitlines()[-1] == "0 False", done.stdout + done.stderr  # nothing drawn anew
+    cached = max((store / "runs").iterdir())
+    for name in ("class_distribution.png", "pixel_distribution.png", "training_curves.png"):
+        assert (cached / "report" / name).read_bytes() == (full_run[1] / "report" / name).read_bytes()
+    html = (cached / "report.html").read_text()
+    assert len(_images(html)) == 6 and 'id="training"' in html
