@@ -45,8 +45,8 @@ def nightly(cfg: Config, artifacts: Path) -> tuple[int, dict]:
     with stoppable(), exclusive(artifacts):
         status, summary, line = _night(cfg, Path(artifacts))
     print(line, flush=True)
-    run_log = Path(summary["report"]).with_name("run.log") if summary["run_id"] else None
-    with logging_to(run_log) if run_log else contextlib.nullcontext():  # an undelivered alert is in run.log too
+    run_dir = ArtifactStore(artifacts).runs_dir / summary["run_id"] if summary["run_id"] else None
+    with logging_to(run_dir / "run.log") if run_dir else contextlib.nullcontext():  # undelivered: in run.log too
         notify.send(cfg.notify, summary, alert_text(summary, line))  # never raises: a failure is a warning line
     return status, summary
 
