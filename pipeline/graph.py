@@ -240,3 +240,21 @@ def downstream(names: set[str] | list[str]) -> set[str]:
         if found & set(step.inputs.values()):
             found.add(name)
     return found
+
+
+def ancestors(name: str) -> set[str]:
+    """Every step whose output `name` reads, directly or not."""
+    found: set[str] = set()
+    for up in STEPS[name].inputs.values():
+        found |= {up} | ancestors(up)
+    return found
+
+
+def upstream_steps(name: str) -> list[str]:
+    """What a step waits for as a task of an orchestrator (Airflow, Kubeflow): the steps whose
+    outputs it reads, and every gate on data it reads (train waits for validate, whose gate
+    stops the run on bad data, as the runner's order does). In the graph's order."""
+    before = ancestors(name)
+    gates = {g for g, step in STEPS.items() if step.gate and g != name and g not in before
+             and name not in ancestors(g) and set(step.inputs.values()) <= before}
+    return [n for n in STEPS if n in set(STEPS[name].inputs.values()) | gates]

@@ -31,7 +31,7 @@ from filelock import FileLock, Timeout
 
 from pipeline.graph import STEPS
 from pipeline.lineage import served_elsewhere
-from pipeline.store import MANIFEST, RUN_RECORD, ArtifactStore, read_json, run_id_of
+from pipeline.store import MANIFEST, RECORD_LOCK, RUN_RECORD, ArtifactStore, read_json, run_id_of
 
 log = logging.getLogger("pipeline")
 
@@ -89,7 +89,7 @@ def plan(artifacts: Path, model_base: Path, keep_runs: int, keep_versions: int,
     store = ArtifactStore(artifacts)
     runs_dir, runs = store.runs_dir, store.runs()
     run_dirs = [run.path for run in runs]
-    active = set(active) | {run.id for run in runs if run.status == "running"}
+    active = set(active) | {run.id for run in runs if run.status in ("running", "waiting")}  # waiting: for its next task
     versions = serving.versions(model_base)
     current = versions[-1] if versions else None
     protected = {current, serving.read_push_record(model_base, current).get("replaces") if current else None}
@@ -121,7 +121,7 @@ def plan(artifacts: Path, model_base: Path, keep_runs: int, keep_versions: int,
                           f"the served one nor the one it replaced" for p in result.versions})
     for run_dir in run_dirs:
         if run_dir.name not in active:  # a dead process's scratch, temp files and reserve
-            _sweep(result, sorted(p for p in run_dir.iterdir() if p.name.startswith(".")),
+            _sweep(result, sorted(p for p in run_dir.iterdir() if p.name.startswith(".") and p.name != RECORD_LOCK),
                    "scratch or temp files of a process that is gone")
     _sweep(result, sorted(Path(artifacts).glob(".index.html.*")), "a report writer's temp file, killed mid-write")
     if Path(model_base).is_dir() and _free(serving.push_lock(model_base)):  # no push under way

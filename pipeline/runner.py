@@ -27,8 +27,8 @@ from pipeline import cache
 from pipeline.config import Config
 from pipeline.console import printable
 from pipeline.fingerprint import package_versions
-from pipeline.graph import STEPS, RunContext, Step, Upstream, downstream
-from pipeline.store import MANIFEST, ArtifactStore, damage, file_records, now, read_json
+from pipeline.graph import STEPS, RunContext, Step, Upstream, downstream, upstream_steps
+from pipeline.store import MANIFEST, ArtifactStore, damage, file_records, now, process_alive, read_json
 
 log = logging.getLogger("pipeline")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -47,31 +47,40 @@ def model_base(cfg: Config, artifacts: Path) -> Path:
 
 
 def run(cfg: Config, artifacts: Path, components: list[str] | None = None, *,
-        use_cache: bool = True, rerun: list[str] | tuple[str, ...] = (), execute_named: bool = True) -> Path:
+        use_cache: bool = True, rerun: list[str] | tuple[str, ...] = (), execute_named: bool = True,
+        run_key: str | None = None) -> Path:
     """Run `components` (default: all, in order) as one new run; return its directory.
 
     Components named explicitly execute (running one alone to debug it) unless `execute_named`
     is off; the others are reused from the cache when their fingerprint matches, unless
     `use_cache` is off or they are in `rerun` or depend on it.
+
+    With `run_key` (an orchestrator's run id) the components are tasks of the one run that key
+    stands for: they join it, read their inputs from what its earlier tasks made, and use the
+    cache as a whole run does; the run succeeds when its last task does.
     """
     store = ArtifactStore(artifacts)
     names = list(components) if components else list(STEPS)
     unknown = [n for n in [*names, *rerun] if n not in STEPS]
     if unknown:
         raise ValueError(f"unknown component {unknown[0]!r}; choose one of {', '.join(STEPS)}")
-    _check_inputs(store, names)
+    if not run_key:
+        _check_inputs(store, names)
     for name in names:  # set-up before TensorFlow starts (the multi-worker join)
         if STEPS[name].prepare and STEPS[name].prepare(cfg, names):
             rerun = (*rerun, name)
-    forced = (set(components or ()) if execute_named else set()) | downstream(rerun)
+    forced = (set(components or ()) if execute_named and not run_key else set()) | downstream(rerun)
 
     me = psutil.Process()
-    run_dir = store.new_run({"components_requested": names, "config": cfg.model_dump(),
-                             "pid": me.pid, "process_started": me.create_time(), "status": "running"})
+    process = {"pid": me.pid, "process_started": me.create_time(), "status": "running"}
+    if run_key:
+        run_dir = _join(store, run_key, cfg, names, process)
+    else:
+        run_dir = store.new_run({"components_requested": names, "config": cfg.model_dump(), **process})
     with logging_to(run_dir / "run.log"):
         ctx = RunContext(run_dir.name, store, model_base(cfg, artifacts))
-        log.info("run %s started in %s", run_dir.name, run_dir)
-        produced: dict[str, Upstream] = {}
+        log.info("run %s %s in %s", run_dir.name, f"task {' '.join(names)} started" if run_key else "started", run_dir)
+        produced = _done_in(store, run_dir) if run_key else {}
         step = None
         try:
             with stoppable(), temp_files_in(run_dir):
@@ -79,8 +88,9 @@ def run(cfg: Config, artifacts: Path, components: list[str] | None = None, *,
                     stop_if_requested()
                     produced[step] = _run_step(store, run_dir, STEPS[step], cfg, ctx, produced,
                                                use_cache=use_cache and step not in forced)
-            store.update_run(run_dir, status="succeeded", finished_at=now())
-            log.info("run %s succeeded", run_dir.name)
+            if _finished(store, run_dir):
+                store.update_run(run_dir, status="succeeded", finished_at=now())
+                log.info("run %s succeeded", run_dir.name)
         except Terminated as stop:
             store.update_run(run_dir, status="terminated", finished_at=now(), error=str(stop), stopped_in=step)
             log.error("run %s %s during %s", run_dir.name, stop, step)
@@ -95,6 +105,57 @@ def run(cfg: Config, artifacts: Path, components: list[str] | None = None, *,
             for path in build_all(run_dir, Path(artifacts), ctx.model_base):
                 log.info("report: %s", path)
     return run_dir
+
+
+def _join(store: ArtifactStore, run_key: str, cfg: Config, names: list[str], process: dict) -> Path:
+    """The run a task of `run_key` belongs to, marked as running in this process. A task runs
+    after the tasks of the steps it waits for, and every task of one orchestrator run carries
+    the same configuration: one run has one."""
+    found = store.keyed(run_key)
+    done = {n for n, c in (found.record["components"] if found else {}).items() if c.get("status") in DONE}
+    missing = [up for name in names for up in upstream_steps(name) if up not in names and up not in done]
+    if missing:
+        raise MissingInputError(f"{' '.join(names)} runs after {', '.join(dict.fromkeys(missing))}, which "
+                                f"{found.id if found else 'the run of ' + printable(run_key)} has not finished; "
+                                f"the orchestrator must follow the step graph (python -m pipeline dag)")
+    config = json.loads(json.dumps(cfg.model_dump(), default=str))
+    if found and found.record.get("config") != config:
+        raise ValueError(f"task {' '.join(names)} of {printable(run_key)} has another configuration than the "
+                         f"run {found.id} its first task started; give every task the same --config")
+    run_dir, made = store.keyed_run(run_key, {"components_requested": list(STEPS), "config": config, **process})
+    if not made:
+        store.update_run(run_dir, **process, error=None, finished_at=None)
+    return run_dir
+
+
+DONE = ("succeeded", "cached")  # a step's status in run.json once its output is there
+
+
+def _done_in(store: ArtifactStore, run_dir: Path) -> dict[str, Upstream]:
+    """The outputs the run's earlier tasks made or reused, as their manifests record them."""
+    found = {}
+    for name, entry in store.run(run_dir.name).record.get("components", {}).items():
+        if entry.get("status") in DONE:
+            path = Path(entry["reused"]) if entry["status"] == "cached" else run_dir / name
+            manifest = store.manifest(path)
+            if manifest:
+                found[name] = _output(path, manifest)
+    return found
+
+
+def _finished(store: ArtifactStore, run_dir: Path) -> bool:
+    """Has every requested step of the run finished? Otherwise the run waits for its next task
+    (and says so: no process of its lives between two tasks)."""
+    record = store.run(run_dir.name).record
+    entries = [record["components"].get(n) or {} for n in record.get("components_requested", [])]
+    if all(e.get("status") in DONE for e in entries):
+        return True
+    other = next((e for e in entries if e.get("status") == "running" and process_alive(e)), None)
+    if other:  # a task running beside this one: the run lives in its process now
+        store.update_run(run_dir, pid=other["pid"], process_started=other["process_started"])
+    else:
+        store.update_run(run_dir, status="waiting")
+    return False
 
 
 class Terminated(BaseException):
@@ -151,8 +212,7 @@ def temp_files_in(run_dir: Path):
     """Sends the libraries' temp files (Beam's pipeline folder, autograph's modules, ...) into
     the run while it runs, and removes them after: they clean up only at a clean exit, so a
     run killed mid-step leaves them in its own folder, never in the system temp dir."""
-    temp = run_dir / ".tmp"
-    temp.mkdir()
+    temp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=run_dir))  # one per process: tasks of a run may run at once
     saved = tempfile.tempdir, os.environ.get("TMPDIR")
     tempfile.tempdir = os.environ["TMPDIR"] = str(temp)  # TMPDIR for the processes a step starts
     try:
@@ -244,7 +304,9 @@ def _run_step(store: ArtifactStore, run_dir: Path, step: Step, cfg: Config, ctx:
         _pass_gate(store, run_dir, step, hit.path, manifest["result"])
         return _output(hit.path, manifest)
 
-    store.update_run(run_dir, step.name, status="running", started_at=now(), fingerprint=fp,
+    me = psutil.Process()
+    store.update_run(run_dir, step.name, status="running", started_at=now(), fingerprint=fp, pid=me.pid,
+                     process_started=me.create_time(),  # tasks of an orchestrated run may run at once
                      inputs={arg: str(u.path) for arg, u in upstream.items()})  # what retention must keep
     log.info("%s started", step.name)
     started, started_at = time.perf_counter(), now()

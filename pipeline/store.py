@@ -27,6 +27,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import psutil
+from filelock import FileLock
 
 from pipeline.fingerprint import file_digest
 
@@ -35,6 +36,7 @@ MANIFEST = "manifest.json"
 RUN_RECORD = "run.json"
 
 
+RECORD_LOCK = ".run.lock"  # beside run.json of a run an orchestrator's tasks share: they update it one at a time
 RESERVE = ".reserve"  # room kept in each run for recording its failure on a full disk
 RESERVE_BYTES = 256 * 1024
 
@@ -79,17 +81,22 @@ def run_id_of(path: str | Path) -> str | None:
 
 def run_status(record: dict) -> str:
     """A run's status, `crashed` when it says running but its process is gone (by pid and
-    start time, so a recycled pid is not taken for the run)."""
+    start time, so a recycled pid is not taken for the run). An orchestrated run between two
+    of its tasks is `waiting`."""
     state = record.get("status") or "running"
     if state != "running":
         return state
     if "pid" not in record:
         return "unknown"  # written before runs recorded their process
+    return "running" if process_alive(record) else "crashed"
+
+
+def process_alive(record: dict) -> bool:
+    """Is the process a record names (`pid`, `process_started`) still the one running?"""
     try:
-        alive = psutil.Process(record["pid"]).create_time() == record["process_started"]
-    except psutil.Error:
-        alive = False
-    return "running" if alive else "crashed"
+        return psutil.Process(record["pid"]).create_time() == record["process_started"]
+    except (psutil.Error, KeyError, TypeError):
+        return False
 
 
 def file_records(folder: Path) -> dict[str, dict]:
@@ -228,18 +235,39 @@ class ArtifactStore:
             (run_dir / RESERVE).write_bytes(b"\0" * RESERVE_BYTES)
         return run_dir
 
-    def update_run(self, run_dir: Path, component: str | None = None, **fields) -> None:
-        """Merge `fields` into run.json, or into its entry for `component`. On a full disk the
-        run's reserve is given up to make room, so a failure there is still recorded."""
-        record = json.loads((run_dir / RUN_RECORD).read_text())
-        (record["components"].setdefault(component, {}) if component else record).update(fields)
-        try:
-            write_json_atomic(run_dir / RUN_RECORD, record)
-        except OSError as err:
-            if err.errno != errno.ENOSPC or not (run_dir / RESERVE).is_file():
-                raise
-            (run_dir / RESERVE).unlink()
-            write_json_atomic(run_dir / RUN_RECORD, record)
+    def keyed_run(self, key: str, record: dict) -> tuple[Path, bool]:
+        """The run an orchestrator's run (`key`: Airflow's run_id, the Kubeflow job's name)
+        stands for, made by whichever of its tasks comes first; (its folder, made now). One
+        run per DAG run, however many tasks and retries it takes."""
+        self.runs_dir.mkdir(parents=True, exist_ok=True)
+        with FileLock(self.runs_dir / ".keys.lock"):  # two first tasks at once make one run
+            found = self.keyed(key)
+            if found:
+                return found.path, False
+            run_dir = self.new_run({**record, "orchestrator_run": key})
+            (run_dir / RECORD_LOCK).touch()  # its tasks may run at once (validate beside train)
+            return run_dir, True
+
+    def keyed(self, key: str) -> Run | None:
+        """The run an orchestrator's run `key` stands for, if any of its tasks has run."""
+        return next((run for run in reversed(self.runs()) if run.record.get("orchestrator_run") == key), None)
+
+    def update_run(self, run_dir: Path, component: str | None = None, **fields) -> dict:
+        """Merge `fields` into run.json, or into its entry for `component`; return the record.
+        On a full disk the run's reserve is given up to make room, so a failure there is still
+        recorded."""
+        shared = (run_dir / RECORD_LOCK).is_file()  # a run of one process needs no lock
+        with FileLock(run_dir / RECORD_LOCK) if shared else contextlib.nullcontext():
+            record = json.loads((run_dir / RUN_RECORD).read_text())
+            (record["components"].setdefault(component, {}) if component else record).update(fields)
+            try:
+                write_json_atomic(run_dir / RUN_RECORD, record)
+            except OSError as err:
+                if err.errno != errno.ENOSPC or not (run_dir / RESERVE).is_file():
+                    raise
+                (run_dir / RESERVE).unlink()
+                write_json_atomic(run_dir / RUN_RECORD, record)
+        return record
 
     def release_reserve(self, run_dir: Path) -> None:
         """A finished run needs no room kept for it."""

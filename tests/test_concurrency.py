@@ -99,7 +99,7 @@ def test_retention_and_a_second_training_leave_a_live_run_alone(store, tfds_dir,
     committed = _wait_for(lambda: next(iter((store / "backups").glob("*/epoch/training_metadata.json")), None), live)
     os.kill(live.pid, signal.SIGSTOP)  # alive, mid-training: its scratch, backup and inputs in use
     scratch = [p.name for p in live_run.iterdir() if p.name.startswith(".")]
-    assert any(name.startswith(".train-") for name in scratch) and ".tmp" in scratch
+    assert any(name.startswith(".train-") for name in scratch) and any(name.startswith(".tmp-") for name in scratch)
     epoch = json.loads(committed.read_text())["epoch"]
 
     # A second training of the same model (same fingerprint) does not share the live one's backup.

@@ -86,7 +86,7 @@ def test_a_run_killed_mid_step_leaves_its_temp_files_in_the_run_not_the_system_t
     args = [a for o in small_overrides(tfds_dir) for a in ("--set", o)]
     child = subprocess.Popen([sys.executable, "-m", "pipeline", "--artifacts", str(root), "run", "preprocess", *args],
                              cwd=REPO, stderr=subprocess.DEVNULL, env={**os.environ, "TMPDIR": str(temp)})
-    beam_temp = lambda: list((root / "runs").glob("*/.tmp/beam-pipeline-temp*"))  # noqa: E731  made as the job starts
+    beam_temp = lambda: list((root / "runs").glob("*/.tmp-*/beam-pipeline-temp*"))  # noqa: E731  made as the job starts
     deadline = time.monotonic() + 120
     while not beam_temp() and child.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
