@@ -1,4 +1,4 @@
-"""Command line: `python -m pipeline {run,nightly,runs,show,report,models,rollback,predict,infer,presets,gc,schedule} ...`; see --help."""
+"""Command line: `python -m pipeline {run,nightly,runs,show,report,models,rollback,predict,infer,presets,gc,schedule,dag} ...`; see --help."""
 from __future__ import annotations
 
 import argparse
@@ -35,16 +35,41 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--no-cache", action="store_true", help="execute every component, reusing nothing")
     run.add_argument("--rerun", action="append", default=[], choices=list(STEPS), metavar="COMPONENT",
                      help="execute this component and everything downstream of it (repeatable)")
+    run.add_argument("--run-key", metavar="KEY",
+                     help="run the component as a task of the orchestrator's run KEY (Airflow's run_id, the Kubeflow "
+                          "job's id): it joins the one run KEY stands for, reads what that run's earlier tasks made, "
+                          "and is cached as in a whole run")
 
-    sub.add_parser("nightly", parents=[configured],
-                   help="the scheduled retrain: lock, run (cached), push if blessed, retention, summary")
+    nightly = sub.add_parser("nightly", parents=[configured],
+                             help="the scheduled retrain: lock, run (cached), push if blessed, retention, summary")
+    nightly.add_argument("--run-key", metavar="KEY",
+                         help="only sum up the night an orchestrator ran as the tasks of its run KEY: inbox, "
+                              "retention, summary, alerts")
     gc = sub.add_parser("gc", parents=[configured], help="delete old runs, versions and scratch per `retention`")
     gc.add_argument("--dry-run", action="store_true", help="only list what would be deleted")
     schedule = sub.add_parser("schedule", parents=[configured], help="run the nightly every night: cron or systemd")
     what = schedule.add_mutually_exclusive_group(required=True)
     what.add_argument("--print", action="store_true", help="print the crontab line and the systemd units")
     what.add_argument("--install", choices=["cron", "systemd"], help="write the user crontab entry or unit files")
-    schedule.add_argument("--at", default="02:30", help="time of day, HH:MM (default 02:30)")
+    schedule.add_argument("--at", help="time of day, HH:MM (default: nightly.at, 02:30)")
+    dag = sub.add_parser("dag", parents=[configured],
+                         help="write the step graph as an Airflow DAG file or a compiled Kubeflow pipeline")
+    dag.add_argument("orchestrator", choices=["airflow", "kubeflow"])
+    dag.add_argument("-o", "--output", type=Path, required=True, metavar="FILE",
+                     help="the DAG file (.py, into Airflow's dags folder) or the pipeline (.yaml, to upload to Kubeflow)")
+    dag.add_argument("--retries", type=int, default=2,
+                     help="retries of a failed task (default 2); a retried train task resumes from its last epoch")
+    dag.add_argument("--nightly", action="store_true",
+                     help="airflow: the nightly retrain, at nightly.at, with a last task that sums the night up and alerts")
+    dag.add_argument("--schedule", metavar="CRON",
+                     help="airflow: the DAG's schedule (default: none, triggered by hand; with --nightly, nightly.at)")
+    dag.add_argument("--dag-id", help="airflow: the DAG's id (default: mnist_pipeline, with --nightly mnist_nightly)")
+    dag.add_argument("--retry-delay", type=int, default=60, metavar="SECONDS",
+                     help="airflow: seconds before a failed task is retried (default 60)")
+    dag.add_argument("--image", help="kubeflow, required: the container image with this project installed (Dockerfile)")
+    dag.add_argument("--pvc", default="mnist-artifacts",
+                     help="kubeflow: the PersistentVolumeClaim holding the artifacts root, mounted in every task at "
+                          "--artifacts, an absolute path (default: mnist-artifacts)")
 
     runs = sub.add_parser("runs", parents=[configured], help="list runs: status, preset, data, accuracy, push")
     runs.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -76,7 +101,11 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+EX_DATAERR = 65  # the data failed validation: retrying the same data cannot help (orchestrators do not)
+
+
 def main(argv: list[str] | None = None) -> int:
+    from pipeline.graph import DataAnomalies
     from pipeline.nightly import EX_TEMPFAIL, NightlyBusy
     from pipeline.runner import Terminated, configure_logging, error_line
 
@@ -91,6 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     except NightlyBusy as busy:  # not a failure: cron and systemd retry EX_TEMPFAIL later
         print(f"error: {busy}", file=sys.stderr)
         return EX_TEMPFAIL
+    except DataAnomalies as anomalies:
+        print(f"error: {error_line(anomalies)}", file=sys.stderr)
+        return EX_DATAERR
     except Terminated as stop:  # recorded in the run as `terminated`; the status a shell gives a signalled process
         print(f"error: {stop}; the run is recorded as terminated", file=sys.stderr)
         return stop.exit_status
@@ -106,8 +138,10 @@ def _run(args) -> int:
     from pipeline.runner import run
 
     cfg = load_config(args.overrides, args.config)
+    if args.run_key and not args.component:
+        raise ValueError("--run-key runs one component as an orchestrator's task; name it, e.g. run train --run-key KEY")
     run_dir = run(cfg, args.artifacts, [args.component] if args.component else None,
-                  use_cache=not args.no_cache, rerun=args.rerun)
+                  use_cache=not args.no_cache, rerun=args.rerun, run_key=_checked_key(args.run_key))
     print(run_dir)
     return 0
 
@@ -187,7 +221,17 @@ def _nightly(args) -> int:
     from pipeline.runner import configure_logging
 
     configure_logging(sys.stdout)  # unattended: the log and the summary in one stream, one line per event
-    return nightly(load_config(args.overrides, args.config), args.artifacts)[0]
+    return nightly(load_config(args.overrides, args.config), args.artifacts, _checked_key(args.run_key))[0]
+
+
+def _checked_key(key: str | None) -> str | None:
+    """An orchestrator's run id, kept in run.json and compared, never a path: bounded, printable."""
+    from pipeline.console import printable
+
+    if key is not None and (not key or len(key) > 250 or printable(key) != key):
+        raise ValueError(f"--run-key {printable(key)[:60]!r}: give the orchestrator's run id, one printable line "
+                         f"of at most 250 characters")
+    return key
 
 
 def _gc(args) -> int:
@@ -219,8 +263,8 @@ def _schedule(args) -> int:
     from pipeline import schedule
     from pipeline.config import load_config
 
-    load_config(args.overrides, args.config)  # a schedule whose settings are wrong would fail every night
-    files = schedule.schedule_files(Path.cwd(), args.artifacts, args.at, args.overrides, args.config)
+    cfg = load_config(args.overrides, args.config)  # a schedule whose settings are wrong would fail every night
+    files = schedule.schedule_files(Path.cwd(), args.artifacts, args.at or cfg.nightly.at, args.overrides, args.config)
     if args.print:
         for name, text in files.items():
             print(f"# --- {name}\n{text}")
@@ -231,6 +275,51 @@ def _schedule(args) -> int:
         where = schedule.install_systemd(files)
         print(f"wrote {schedule.UNIT}.service and .timer to {where}; "
               f"start it with: systemctl --user daemon-reload && systemctl --user enable --now {schedule.UNIT}.timer")
+    return 0
+
+
+def _dag(args) -> int:
+    import re
+
+    from pipeline.config import load_config
+
+    cfg = load_config(args.overrides, args.config)  # the whole file validated now, not on the first worker
+    config = cfg.model_dump(mode="json")  # what every task reads: the values, not the file's path
+    airflow_only = [f"--{name.replace('_', '-')}" for name in ("nightly", "schedule", "dag_id")
+                    if getattr(args, name) not in (None, False)]
+    if args.retries < 0 or args.retry_delay < 0:
+        raise ValueError("--retries and --retry-delay count, from 0")
+    if args.orchestrator == "airflow":
+        from pipeline.orchestrators.airflow_dag import cron, dag_file
+        from pipeline.store import write_atomic
+
+        if args.image:
+            raise ValueError("--image is for kubeflow; Airflow's workers run the project installed beside Airflow")
+        dag_id = args.dag_id or ("mnist_nightly" if args.nightly else "mnist_pipeline")
+        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,200}", dag_id):
+            raise ValueError(f"--dag-id {dag_id[:60]!r}: Airflow takes letters, digits, '_', '.' and '-'")
+        schedule = args.schedule or (cron(cfg.nightly.at) if args.nightly else None)
+        if schedule is not None and not re.fullmatch(r"[ -~]{1,100}", schedule):
+            raise ValueError(f"--schedule {schedule[:60]!r}: give a cron expression or a preset such as @daily")
+        write_atomic(args.output, dag_file(dag_id=dag_id, artifacts=args.artifacts.resolve(), config=config,
+                                           nightly=args.nightly, schedule=schedule, retries=args.retries,
+                                           retry_delay_s=args.retry_delay).encode())
+    else:
+        from pipeline.orchestrators.kubeflow_pipeline import compile_pipeline
+
+        if airflow_only:
+            raise ValueError(f"{airflow_only[0]} is for airflow; schedule a Kubeflow pipeline as a recurring run")
+        if not args.image or not re.fullmatch(r"[\w./:@-]{1,255}", args.image):
+            raise ValueError("--image: name the container image with this project installed, e.g. "
+                             "registry.example.com/mnist-pipeline:1 (build it with the Dockerfile)")
+        if not re.fullmatch(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?", args.pvc):
+            raise ValueError(f"--pvc {args.pvc[:60]!r} is not a Kubernetes name (lower-case letters, digits, '-')")
+        if not args.artifacts.is_absolute():
+            raise ValueError("--artifacts: for kubeflow, the absolute path the claim is mounted at in every task, "
+                             "e.g. --artifacts /mnt/artifacts")
+        compile_pipeline(args.output, image=args.image, artifacts=args.artifacts.as_posix(), pvc=args.pvc,
+                         config=config, retries=args.retries)
+    print(args.output)
     return 0
 
 
@@ -304,7 +393,7 @@ def _presets(args) -> int:
     return 0
 
 
-COMMANDS = {"run": _run, "runs": _runs, "show": _show, "report": _report, "nightly": _nightly, "gc": _gc, "schedule": _schedule, "models": _models, "rollback": _rollback, "predict": _predict, "infer": _infer, "presets": _presets}
+COMMANDS = {"run": _run, "runs": _runs, "show": _show, "report": _report, "nightly": _nightly, "gc": _gc, "schedule": _schedule, "models": _models, "rollback": _rollback, "predict": _predict, "infer": _infer, "presets": _presets, "dag": _dag}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,6 +1,7 @@
 """The one pipeline configuration: defaults from `defaults.yaml`, `--set` overrides, validation."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Literal, Optional
 
@@ -172,6 +173,15 @@ class Infer(_Section):
 
 class Nightly(_Section):
     infer_dir: str  # "" = none
+    at: str  # HH:MM, the time of day `schedule` and the Airflow nightly DAG run it
+
+    @field_validator("at")
+    @classmethod
+    def _time_of_day(cls, at: str) -> str:
+        hour, sep, minute = at.partition(":")
+        if not (sep and hour.isdigit() and minute.isdigit() and len(minute) == 2 and int(hour) < 24 and int(minute) < 60):
+            raise ValueError("not a time of day; write HH:MM, e.g. 02:30")
+        return f"{int(hour):02d}:{minute}"
 
 
 class Retention(_Section):
@@ -283,10 +293,13 @@ def read_config_file(path: Path) -> dict:
     """A configuration file in the shape of defaults.yaml, bounded before it is read."""
     path = Path(path)
     try:
-        if not path.is_file():
+        if str(path) == "-":  # an orchestrator's task: the file's content, never a path on another machine
+            data = sys.stdin.buffer.read(MAX_FILE_BYTES + 1)
+        elif not path.is_file():
             raise ConfigError(f"--config {path}: no such file")
-        with open(path, "rb") as f:
-            data = f.read(MAX_FILE_BYTES + 1)
+        else:
+            with open(path, "rb") as f:
+                data = f.read(MAX_FILE_BYTES + 1)
     except OSError as err:
         raise ConfigError(f"--config {path}: {err.strerror}") from None
     if len(data) > MAX_FILE_BYTES:

@@ -16,6 +16,7 @@ import logging
 import socket
 import time
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
 
 from filelock import FileLock, Timeout
@@ -31,19 +32,23 @@ log = logging.getLogger("pipeline")
 EX_TEMPFAIL = 75
 SUMMARY = "nightly_summary.json"
 LOCK = "nightly.lock"  # in the artifacts root
+SUMMARY_WAIT_S = 300
 
 
 class NightlyBusy(RuntimeError):
     """Another nightly holds the lock."""
 
 
-def nightly(cfg: Config, artifacts: Path) -> tuple[int, dict]:
-    """Run one night; return (exit status, summary). The alert goes out after the lock is let
-    go: a slow mail server never keeps the next night waiting."""
+def nightly(cfg: Config, artifacts: Path, run_key: str | None = None) -> tuple[int, dict]:
+    """Run one night; return (exit status, summary). With `run_key` an orchestrator has run the
+    night's steps as tasks of that run, and this is its last task: it only sums the night up.
+    The alert goes out after the lock is let go: a slow mail server never keeps the next night
+    waiting."""
     from pipeline.runner import logging_to, stoppable
 
-    with stoppable(), exclusive(artifacts):
-        status, summary, line = _night(cfg, Path(artifacts))
+    # Summing up a night another DAG run's summary holds the lock for waits for it: seconds.
+    with stoppable(), exclusive(artifacts, wait_s=SUMMARY_WAIT_S if run_key else 0):
+        status, summary, line = _night(cfg, Path(artifacts), run_key)
     print(line, flush=True)
     run_dir = ArtifactStore(artifacts).runs_dir / summary["run_id"] if summary["run_id"] else None
     with logging_to(run_dir / "run.log") if run_dir else contextlib.nullcontext():  # undelivered: in run.log too
@@ -51,26 +56,30 @@ def nightly(cfg: Config, artifacts: Path) -> tuple[int, dict]:
     return status, summary
 
 
-def _night(cfg: Config, artifacts: Path) -> tuple[int, dict, str]:
+def _night(cfg: Config, artifacts: Path, run_key: str | None) -> tuple[int, dict, str]:
     from pipeline import retention
     from pipeline.runner import Terminated, error_line, model_base, run, stop_if_requested
 
     started = time.perf_counter()
-    interrupted = _interrupted_run(artifacts)
+    store = ArtifactStore(artifacts)
+    orchestrated = store.keyed(run_key) if run_key else None
+    interrupted = _interrupted_run(artifacts, before=orchestrated.id if orchestrated else None)
     if interrupted:
         log.warning("nightly: the last night's run %s was %s%s; its finished work is reused", interrupted["run"],
                     interrupted["status"], f" during {interrupted['step']}" if interrupted.get("step") else "")
     error, run_dir, status = None, None, 0
-    store = ArtifactStore(artifacts)
-    try:
-        run_dir = run(cfg, artifacts)
-        stop_if_requested()  # a signal whose exception a library swallowed during the last step
-    except (Exception, Terminated) as err:  # the summary still gets written; the exit status says it broke
-        error = error_line(err)
-        status = err.exit_status if isinstance(err, Terminated) else 1
-        log.error("nightly: the run %s: %s", "was stopped" if status > 1 else "failed", error)
-        runs = store.runs()
-        run_dir = runs[-1].path if runs else None
+    if run_key:
+        run_dir, status, error = _orchestrated_outcome(orchestrated, run_key)
+    else:
+        try:
+            run_dir = run(cfg, artifacts)
+            stop_if_requested()  # a signal whose exception a library swallowed during the last step
+        except (Exception, Terminated) as err:  # the summary still gets written; the exit status says it broke
+            error = error_line(err)
+            status = err.exit_status if isinstance(err, Terminated) else 1
+            log.error("nightly: the run %s: %s", "was stopped" if status > 1 else "failed", error)
+            runs = store.runs()
+            run_dir = runs[-1].path if runs else None
     inference = None
     if cfg.nightly.infer_dir and not error:
         try:
@@ -85,6 +94,7 @@ def _night(cfg: Config, artifacts: Path) -> tuple[int, dict, str]:
         retention.apply(found)
         deleted = len(found.paths())
     summary = summarize(store.run(run_dir.name) if run_dir else None, error, interrupted,
+                        _since(orchestrated.record.get("started_at")) if orchestrated else
                         round(time.perf_counter() - started, 1), deleted, stopped=status > 1,
                         served=served_now(model_base(cfg, artifacts)),
                         last_good=last_good_night(store, run_dir.name if run_dir else None))
@@ -95,6 +105,28 @@ def _night(cfg: Config, artifacts: Path) -> tuple[int, dict, str]:
         with open(run_dir / "run.log", "a") as run_log:  # the night's last word, beside its events
             run_log.write(f"{now()} INFO pipeline: {line}\n")
     return status, summary, line
+
+
+def _since(started_at: str | None) -> float | None:
+    """Seconds from a run's start (its tasks' time, and the orchestrator's between them) to now."""
+    try:
+        return round((datetime.now(timezone.utc) - datetime.fromisoformat(started_at)).total_seconds(), 1)
+    except (TypeError, ValueError):
+        return None
+
+
+def _orchestrated_outcome(found: Run | None, run_key: str) -> tuple[Path | None, int, str | None]:
+    """(run folder, exit status, error) of a night whose steps an orchestrator ran as tasks."""
+    if found is None:
+        error = f"no task of {printable(run_key)} ran (see the orchestrator's log of its first task)"
+    elif found.status == "succeeded":
+        return found.path, 0, None
+    elif found.status == "terminated":
+        return found.path, 143, found.record.get("error") or "stopped"
+    else:
+        error = found.record.get("error") or f"its tasks did not all finish (the run is {found.status})"
+    log.error("nightly: the run failed: %s", error)
+    return (found.path if found else None), 1, error
 
 
 def _score_inbox(cfg: Config, artifacts: Path) -> tuple[dict | None, str | None]:
@@ -118,12 +150,12 @@ def _score_inbox(cfg: Config, artifacts: Path) -> tuple[dict | None, str | None]
 
 
 @contextmanager
-def exclusive(artifacts: Path):
-    """Holds the artifacts root's nightly lock, or raises NightlyBusy at once."""
+def exclusive(artifacts: Path, wait_s: float = 0):
+    """Holds the artifacts root's nightly lock, or raises NightlyBusy (at once, or after `wait_s`)."""
     Path(artifacts).mkdir(parents=True, exist_ok=True)
     lock = FileLock(Path(artifacts) / LOCK)
     try:
-        lock.acquire(timeout=0)
+        lock.acquire(timeout=wait_s)
     except Timeout:
         raise NightlyBusy(f"another nightly is running on {artifacts} (it holds {lock.lock_file}); "
                           f"this one exits, try again later") from None
@@ -133,11 +165,11 @@ def exclusive(artifacts: Path):
         lock.release()
 
 
-def _interrupted_run(artifacts: Path) -> dict | None:
-    """The newest run, if it did not finish: its process died (`crashed`, a kill -9 or a power
-    cut, which could tell nobody) or was stopped by a signal (`terminated`); with the step it
-    was in."""
-    runs = ArtifactStore(artifacts).runs()
+def _interrupted_run(artifacts: Path, before: str | None = None) -> dict | None:
+    """The newest run (before run `before`), if it did not finish: its process died (`crashed`,
+    a kill -9 or a power cut, which could tell nobody) or was stopped by a signal
+    (`terminated`); with the step it was in."""
+    runs = [run for run in ArtifactStore(artifacts).runs() if before is None or run.id < before]
     last = runs[-1] if runs else None
     if last is None or last.status not in ("crashed", "terminated"):
         return None
