@@ -8,7 +8,7 @@ ARGS ?=
 MANUAL_DIR ?=
 OFFLINE := $(if $(MANUAL_DIR),--set ingest.manual_dir=$(MANUAL_DIR))
 
-.PHONY: help install pipeline component test docs models nightly bench-models bench-accuracy bench-train bench-cache bench-scale bench-user-images bench-infer clean
+.PHONY: help install pipeline component test docs models nightly bench-models bench-accuracy bench-train bench-cache bench-orchestrators bench-scale bench-user-images bench-infer clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -16,7 +16,7 @@ help: ## list the targets
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,docs]'
+	$(PY) -m pip install --quiet -e '.[test,docs,airflow,kubeflow]'
 	touch $@
 
 install: $(VENV)/.installed ## build .venv with the pinned dependencies
@@ -55,6 +55,9 @@ bench-train: install ## training speed on full MNIST vs model.fit on NumPy: make
 
 bench-cache: install ## wall time of a first, a fully cached and a train-only run: make bench-cache [ARGS='--set ingest.train_split=train[:3000]']
 	$(PY) -m benchmarks.cache $(OFFLINE) $(ARGS)
+
+bench-orchestrators: install ## one slice under pipeline run, airflow dags test and kfp.local: a fresh and a cached run each
+	$(PY) -m benchmarks.orchestrators $(OFFLINE) $(ARGS)
 
 bench-scale: install ## preprocess (Beam vs NumPy) and a train epoch on 1x/4x/10x MNIST: make bench-scale [ARGS='--sizes 1,4,10 --runner-modes']
 	$(PY) -m benchmarks.scale $(if $(MANUAL_DIR),--mirror $(MANUAL_DIR)) $(ARGS)
