@@ -216,6 +216,9 @@ def test_the_readme_commands_run(tmp_path, tfds_dir):
         if args[0] == "schedule" and "--install" in args:
             at = args.index("--install")
             args[at:at + 2] = ["--print"]
+        if "-o" in args:  # a DAG file or a pipeline: written into the test's folder, not the checkout
+            at = args.index("-o") + 1
+            args[at] = str(tmp_path / Path(args[at]).name)
         for assignment in settings.get(args[0], []):
             args += ["--set", assignment]
         done = _pipeline(artifacts, args)
