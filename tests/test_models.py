@@ -360,3 +360,51 @@ def test_a_backup_cut_short_by_a_full_disk_is_never_restored(tmp_path, transform
     assert again["resumed_after_epoch"] == 0
     assert again["final_metrics"] == clean["final_metrics"]
     assert not backup.exists()  # removed once training finished
+
+
+def test_resnet_zooms_the_one_centred_crop_in_training_and_serving_and_standardises_each_image():
+    from components.training.models import CropZoom, PerImageStandardization, RandomErasing, crop_zoom
+
+    x = np.random.default_rng(0).random((4, 28, 28, 1)).astype("float32")
+    still = CropZoom(rotation=0, shift=0)
+    served = keras.ops.convert_to_numpy(still(x, training=False))
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(still(x, training=True)), served, atol=1e-6)  # one op
+    np.testing.assert_allclose(served, keras.ops.convert_to_numpy(crop_zoom(x)), atol=1e-6)
+    digit = np.zeros((1, 28, 28, 1), np.float32)
+    digit[0, 0, 14, 0] = 1.0  # the top row: outside the centred crop (rows 1.45-25.55 are read), so zoomed away
+    assert keras.ops.convert_to_numpy(crop_zoom(digit)).max() == 0.0
+    moving = CropZoom(rotation=10 / 360, shift=1.5)
+    moved = keras.ops.convert_to_numpy(moving(x, training=True))
+    assert not np.allclose(moved, served) and not np.allclose(moved[0] - served[0], moved[1] - served[1])
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(moving(x, training=False)), served, atol=1e-6)
+
+    erased = keras.ops.convert_to_numpy(RandomErasing(size=4)(x, training=True))
+    assert [int((erased[i] != x[i]).sum()) for i in range(4)] == [16] * 4  # one 4x4 square each
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(RandomErasing(size=4)(x, training=False)), x)
+
+    inks = np.float32([1, 3, 9, 0.5]).reshape(4, 1, 1, 1)  # one image in four strengths of ink
+    standard = keras.ops.convert_to_numpy(PerImageStandardization()(x[:1] * inks))
+    np.testing.assert_allclose(standard.mean(axis=(1, 2, 3)), 0, atol=1e-5)
+    np.testing.assert_allclose(standard.std(axis=(1, 2, 3)), 1, atol=1e-4)
+    np.testing.assert_allclose(standard[0], standard[1], atol=1e-4)  # the ink's scale no longer matters
+    blank = keras.ops.convert_to_numpy(PerImageStandardization()(np.zeros((1, 28, 28, 1), np.float32)))
+    assert np.isfinite(blank).all()
+
+
+def test_resnet_trains_reproducibly_exports_and_serves_raw_uint8_images(tmp_path, transformed):
+    from components.common.transform import scale_pixels
+    from components.export import build_saved_model, predict_saved_model
+    from components.training.models import load
+
+    a = train(transformed, tmp_path / "a", preset="resnet", epochs=1, seed=7)
+    b = train(transformed, tmp_path / "b", preset="resnet", epochs=1, seed=7)
+    assert a["final_metrics"] == b["final_metrics"]
+    net = load(tmp_path / "a")
+    kinds = [type(layer).__name__ for layer in net.layers]
+    assert {"CropZoom", "RandomErasing", "PerImageStandardization", "Add", "GlobalAveragePooling2D"} <= set(kinds)
+    assert "Dropout" not in kinds and "Flatten" not in kinds
+    build_saved_model(net, tmp_path / "saved_model")
+    images = np.random.default_rng(1).integers(0, 256, (5, 28, 28), dtype=np.uint8)  # raw, as clients send
+    served = predict_saved_model(tmp_path / "saved_model", images)
+    np.testing.assert_allclose(served, net.predict(scale_pixels(images), verbose=0), atol=1e-5)
+    assert served.shape == (5, 10)
