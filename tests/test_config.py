@@ -23,7 +23,7 @@ def test_overrides_are_typed_and_applied_in_order():
     [
         ("train.epochs=0", ["train.epochs=0", "greater than or equal to 1"]),
         ("preprocess.validation_fraction=1.5", ["preprocess.validation_fraction=1.5", "less than 1"]),
-        ("train.preset=resnet", ["unknown preset 'resnet'", "seed-004", "best"]),
+        ("train.preset=vgg", ["unknown preset 'vgg'", "seed-004", "best", "resnet"]),
         ("train.optimizer=adagrad", ["train.optimizer='adagrad'"]),
         ("train.precision=float16", ["train.precision='float16'", "mixed_bfloat16"]),
         ("train.epoch=3", ["unknown configuration key 'train.epoch'", "epochs"]),
