@@ -156,7 +156,7 @@ def test_every_preset_outputs_probabilities_and_trains_a_step(name):
 def test_settings_take_overrides_and_refuse_incomplete_stops():
     settings = resolve_settings("seed-000", epochs=3, learning_rate=None)
     assert settings.epochs == 3 and settings.learning_rate == PRESETS["seed-000"].learning_rate
-    with pytest.raises(ValueError, match="unknown preset 'x'; choose one of best, seed-000"):
+    with pytest.raises(ValueError, match="unknown preset 'x'; choose one of best, resnet, seed-000"):
         resolve_settings("x")
     with pytest.raises(ValueError, match="needs train.threshold"):
         resolve_settings("seed-002", stop="threshold")
