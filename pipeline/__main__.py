@@ -101,11 +101,8 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-EX_DATAERR = 65  # the data failed validation: retrying the same data cannot help (orchestrators do not)
-
-
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.graph import DataAnomalies
+    from pipeline.graph import EX_DATAERR, DataAnomalies
     from pipeline.nightly import EX_TEMPFAIL, NightlyBusy
     from pipeline.runner import Terminated, configure_logging, error_line
 

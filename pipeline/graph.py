@@ -107,6 +107,9 @@ class DataAnomalies(RuntimeError):
     """Validation found error-level anomalies: the run stops before training."""
 
 
+EX_DATAERR = 65  # a command's exit status for DataAnomalies: retrying the same data cannot help
+
+
 def accepted_statistics(store: ArtifactStore, current: Upstream) -> tuple[Path, str] | None:
     """The reference for drift: the statistics of the newest data that passed validation,
     other than the data at hand, with that data's content digest. Data compared with itself

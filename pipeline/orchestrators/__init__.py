@@ -14,10 +14,9 @@ import subprocess
 import sys
 from collections import deque
 
-from pipeline.graph import STEPS, upstream_steps
+from pipeline.graph import EX_DATAERR, STEPS, upstream_steps
 
 NIGHTLY = "nightly"  # the task after the steps that sums a night up (inbox, retention, summary, alerts)
-FINAL = {65: "the data failed validation"}  # exit statuses a retry cannot change (pipeline.__main__.EX_DATAERR)
 STOP_GRACE_S = 60  # a stopped task's command has this long to record where it stopped
 
 
@@ -26,7 +25,7 @@ class TaskFailed(RuntimeError):
 
     def __init__(self, message: str, status: int):
         super().__init__(message)
-        self.final = status in FINAL  # retrying would fail the same way
+        self.final = status == EX_DATAERR  # the data failed validation: a retry would fail the same way
 
 
 def dependencies() -> dict[str, list[str]]:
