@@ -42,17 +42,21 @@ def test_seed_presets_have_the_described_layers(name):
     assert net.layers[-1].activation.__name__ == "softmax"
 
 
-def test_best_augments_only_in_training():
+def test_best_zooms_and_standardises_as_it_serves_and_augments_only_in_training():
+    from components.training.models import crop_zoom
+
     net = build("best")
-    kinds = {type(l).__name__ for l in net.layers}
-    assert {"RandomAffine", "BatchNormalization", "Dropout"} <= kinds
+    kinds = [type(l).__name__ for l in net.layers]
+    assert kinds[1:4] == ["CropZoom", "RandomErasing", "PerImageStandardization"]
+    assert {"BatchNormalization", "Dropout"} <= set(kinds)
     x = np.random.default_rng(0).random((4, 28, 28, 1)).astype("float32")
     np.testing.assert_allclose(net(x, training=False), net(x, training=False))  # inference is deterministic
-    augment = net.layers[1]
-    np.testing.assert_array_equal(augment(x, training=False), x)
-    moved = keras.ops.convert_to_numpy(augment(x, training=True))
-    assert not np.allclose(moved, x) and not np.allclose(moved[0], moved[1])  # acts, with amounts drawn per image
+    zoom, served = net.layers[1], keras.ops.convert_to_numpy(crop_zoom(x))
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(zoom(x, training=False)), served, atol=1e-6)
+    moved = keras.ops.convert_to_numpy(zoom(x, training=True))
+    assert not np.allclose(moved, served) and not np.allclose(moved[0] - served[0], moved[1] - served[1])
     assert moved.min() >= 0 and moved.max() <= 1  # bilinear resampling stays within the pixels' range
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(net.layers[2](x, training=False)), x)
 
 
 def _affine(image, angle=0.0, zoom=1.0, shift_x=0.0, shift_y=0.0):
@@ -61,7 +65,7 @@ def _affine(image, angle=0.0, zoom=1.0, shift_x=0.0, shift_y=0.0):
     return keras.ops.convert_to_numpy(affine(image, *(np.float32([v]) for v in (angle, zoom, shift_x, shift_y))))
 
 
-def test_random_affine_rotates_zooms_and_shifts_about_the_centre_in_one_resampling():
+def test_affine_rotates_zooms_and_shifts_about_the_centre_in_one_resampling():
     image = np.zeros((1, 7, 7, 1), np.float32)
     image[0, 1, 2, 0], image[0, 5, 3, 0] = 1.0, 0.5  # (row, column); the centre is (3, 3)
     np.testing.assert_allclose(_affine(image), image, atol=1e-6)
@@ -117,7 +121,7 @@ def test_a_bfloat16_training_saves_and_serves_a_float32_network(tmp_path, transf
     from components.training.models import load
 
     net = build("best", "mixed_bfloat16")
-    conv = net.layers[2]
+    conv = next(layer for layer in net.layers if isinstance(layer, keras.layers.Conv2D))
     assert (conv.compute_dtype, conv.kernel.dtype) == ("bfloat16", "float32")  # bfloat16 products, float32 weights
     assert net.layers[-1].compute_dtype == "float32"  # probabilities in float32 under any policy
     assert keras.config.dtype_policy().name == "float32"  # the process's policy untouched

@@ -102,64 +102,6 @@ def affine(images, angle, zoom, shift_x, shift_y):
     return ops.image.affine_transform(images, rows, interpolation="bilinear", fill_mode="constant")
 
 
-@keras.saving.register_keras_serializable(package="mnist")
-class RandomAffine(layers.Layer):
-    """In training, each image rotated, zoomed and shifted by amounts drawn for it, resampled once.
-
-    Keras' RandomRotation, RandomZoom and RandomTranslation in a row resample each image three
-    times, and every bilinear pass blurs the strokes again, away from the sharp digits served;
-    they also run three sets of ops per batch. Ranges as theirs: `rotation` a fraction of a full
-    turn either way, `zoom` and `shift` fractions of the image size. Outside training: unchanged.
-    """
-
-    def __init__(self, rotation: float, zoom: float, shift: float, seed: int | None = None, **kwargs):
-        super().__init__(**kwargs)
-        self.rotation, self.zoom, self.shift, self.seed = rotation, zoom, shift, seed
-        self.seed_generator = keras.random.SeedGenerator(seed)
-        # As Keras' own: ImageProjectiveTransformV3 has no XLA kernel, so Keras must not pick XLA
-        # for the model on a GPU (jit_compile="auto"); the CPU never uses it.
-        self.supports_jit = False
-
-    def call(self, images, training=False):
-        if not training:
-            return images
-        count, (height, width) = keras.ops.shape(images)[0], images.shape[1:3]
-
-        def draw(limit):
-            return keras.random.uniform((count,), -limit, limit, seed=self.seed_generator)
-
-        return affine(images, draw(self.rotation) * 2 * math.pi, 1 + draw(self.zoom),
-                      draw(self.shift) * width, draw(self.shift) * height)
-
-    def get_config(self):
-        return {**super().get_config(), "rotation": self.rotation, "zoom": self.zoom, "shift": self.shift,
-                "seed": self.seed}
-
-
-def _conv_bn_relu(x, filters: int, kernel: int, strides: int = 1, padding: str = "valid"):
-    # best: a strided 5x5 convolution stands in for max pooling (the network learns how to downsample).
-    x = layers.Conv2D(filters, kernel, strides=strides, padding="same" if strides > 1 else padding, use_bias=False)(x)
-    return layers.ReLU()(layers.BatchNormalization()(x))
-
-
-def best() -> keras.Model:
-    """Ours: BatchNorm CNN with learned downsampling and dropout, after the best single
-    models on the Kaggle digit recognizer, with augmentation inside the model (active
-    only in training, so serving sees raw digits)."""
-    inputs = keras.Input(IMAGE_SHAPE)
-    x = RandomAffine(rotation=0.03, zoom=0.1, shift=0.1)(inputs)  # up to ~11 degrees, 10% zoom, 2.8 pixels
-    for filters in (32, 64):
-        x = _conv_bn_relu(x, filters, 3)
-        x = _conv_bn_relu(x, filters, 3)
-        x = _conv_bn_relu(x, filters, 5, strides=2)
-        x = layers.Dropout(0.4)(x)
-    x = _conv_bn_relu(x, 128, 4)
-    x = layers.Flatten()(x)
-    x = layers.Dropout(0.4)(x)
-    outputs = layers.Dense(NUM_CLASSES, activation="softmax")(x)
-    return keras.Model(inputs, outputs, name="best")
-
-
 CROP = 25  # the centred crop every image is zoomed from, in training and serving (ttdoucet/mnist)
 
 
@@ -180,7 +122,9 @@ class CropZoom(layers.Layer):
         super().__init__(**kwargs)
         self.rotation, self.shift, self.seed = rotation, shift, seed
         self.seed_generator = keras.random.SeedGenerator(seed)
-        self.supports_jit = False  # as RandomAffine's
+        # As Keras' own: ImageProjectiveTransformV3 has no XLA kernel, so Keras must not pick XLA
+        # for the model on a GPU (jit_compile="auto"); the CPU never uses it.
+        self.supports_jit = False
 
     def call(self, images, training=False):
         if not training:
@@ -235,6 +179,33 @@ class PerImageStandardization(layers.Layer):
         return (images - mean) / ops.maximum(std, 1 / math.sqrt(pixels))
 
 
+def _conv_bn_relu(x, filters: int, kernel: int, strides: int = 1, padding: str = "valid"):
+    # best: a strided 5x5 convolution stands in for max pooling (the network learns how to downsample).
+    x = layers.Conv2D(filters, kernel, strides=strides, padding="same" if strides > 1 else padding, use_bias=False)(x)
+    return layers.ReLU()(layers.BatchNormalization()(x))
+
+
+def best() -> keras.Model:
+    """Ours: BatchNorm CNN with learned downsampling and dropout, after the best single
+    models on the Kaggle digit recognizer; in front of it, inside the model so serving does
+    the same, the fixed crop-zoom and per-image standardisation, and in training only the
+    crop's rotation and shift and random erasing."""
+    inputs = keras.Input(IMAGE_SHAPE)
+    x = CropZoom(rotation=0.03, shift=2.8)(inputs)  # up to ~11 degrees and 2.8 pixels
+    x = RandomErasing(size=4)(x)
+    x = PerImageStandardization()(x)
+    for filters in (32, 64):
+        x = _conv_bn_relu(x, filters, 3)
+        x = _conv_bn_relu(x, filters, 3)
+        x = _conv_bn_relu(x, filters, 5, strides=2)
+        x = layers.Dropout(0.4)(x)
+    x = _conv_bn_relu(x, 128, 4)
+    x = layers.Flatten()(x)
+    x = layers.Dropout(0.4)(x)
+    outputs = layers.Dense(NUM_CLASSES, activation="softmax")(x)
+    return keras.Model(inputs, outputs, name="best")
+
+
 def _residual(x, filters: int):
     shortcut = x
     x = layers.ReLU()(layers.BatchNormalization()(layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)))
@@ -261,7 +232,7 @@ def resnet() -> keras.Model:
 
 def load(model: Path) -> keras.Model:
     """The network a train step saved in `model` (its `model.keras`)."""
-    return keras.models.load_model(Path(model) / "model.keras")  # RandomAffine is registered above
+    return keras.models.load_model(Path(model) / "model.keras")  # its layers are registered above
 
 
 def build(architecture: str, policy: str = "float32") -> keras.Model:
