@@ -48,7 +48,7 @@ def test_best_zooms_and_standardises_as_it_serves_and_augments_only_in_training(
     net = build("best")
     kinds = [type(l).__name__ for l in net.layers]
     assert kinds[1:4] == ["CropZoom", "RandomErasing", "PerImageStandardization"]
-    assert {"BatchNormalization", "Dropout"} <= set(kinds)
+    assert "BatchNormalization" in kinds and "Dropout" not in kinds
     x = np.random.default_rng(0).random((4, 28, 28, 1)).astype("float32")
     np.testing.assert_allclose(net(x, training=False), net(x, training=False))  # inference is deterministic
     zoom, served = net.layers[1], keras.ops.convert_to_numpy(crop_zoom(x))

@@ -42,7 +42,8 @@ PRESETS: dict[str, Preset] = {
     # batches (3 seeds each: 99.65% and 99.62% mean) in 18% less time (README, Models).
     # bfloat16 on an AMX Xeon: the same 99.66% mean over 3 seeds in 27% less time than float32.
     # The network's crop-zoom, erasing and standardisation input: 99.68% mean over 3 seeds on a
-    # Zen 4, against 99.64% with random rotation, zoom and shift, at the same cost.
+    # Zen 4, against 99.64% with random rotation, zoom and shift, at the same cost; without
+    # dropout then: 99.72% mean, 99.71% min, in 3% less time (docs/experiments.md).
     "best": Preset(
         "best", epochs=18, batch_size=128, optimizer="adam", learning_rate=3e-3,
         stop="none", schedule="warmup_cosine", batch_splits=2, precision="auto",
